@@ -1,0 +1,54 @@
+# Two commands for a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: run test lint typecheck pytest docs docs-serve bench system-deps autobahn clean
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is required (set PYTHON=python3.X)"'
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.run-installed: pyproject.toml | $(BIN)/python
+	$(PIP) install -e .
+	@touch $@
+
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[dev,redis,docs]'
+	@touch $@ $(VENV)/.run-installed
+
+## Serve the example app on http://127.0.0.1:3000
+run: $(VENV)/.run-installed
+	$(BIN)/python -m example_app
+
+## Lint, type-check, run every test, build the docs (what CI runs).
+test: $(VENV)/.dev-installed system-deps lint typecheck pytest docs
+
+system-deps:
+	@bash scripts/install-system-deps.sh
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.dev-installed
+	$(BIN)/mypy --strict h3_fastapi
+
+pytest: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest -ra
+
+docs: $(VENV)/.dev-installed
+	$(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: $(VENV)/.dev-installed
+	$(BIN)/mkdocs serve -a 127.0.0.1:8000
+
+bench: $(VENV)/.dev-installed
+	$(BIN)/python -m bench
+
+autobahn: $(VENV)/.dev-installed
+	bash scripts/autobahn.sh
+
+clean:
+	rm -rf $(VENV) site .mypy_cache .ruff_cache .pytest_cache

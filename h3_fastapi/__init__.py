@@ -1,0 +1,54 @@
+"""h3-fastapi: the h3 API for FastAPI and Starlette.
+
+WebSockets with crossws hooks, Server-Sent Events, a streaming proxy on httpx,
+and pub/sub that scales out through Redis.
+"""
+
+from .event_stream import EventStream, EventStreamMessage, create_event_stream, event_stream
+from .message import Message
+from .peer import CloseDetails, Peer
+from .proxy import (
+    create_websocket_proxy,
+    fetch_with_event,
+    get_proxy_request_headers,
+    proxy,
+    proxy_request,
+)
+from .pubsub import MemoryPubSub, PubSub, publish
+from .redis import RedisPubSub
+from .routing import H3, H3Router, Server, serve
+from .websocket import (
+    WebSocketHandler,
+    WSError,
+    define_websocket,
+    define_websocket_handler,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "H3",
+    "CloseDetails",
+    "EventStream",
+    "EventStreamMessage",
+    "H3Router",
+    "MemoryPubSub",
+    "Message",
+    "Peer",
+    "PubSub",
+    "RedisPubSub",
+    "Server",
+    "WSError",
+    "WebSocketHandler",
+    "create_event_stream",
+    "create_websocket_proxy",
+    "define_websocket",
+    "define_websocket_handler",
+    "event_stream",
+    "fetch_with_event",
+    "get_proxy_request_headers",
+    "proxy",
+    "proxy_request",
+    "publish",
+    "serve",
+]

@@ -1,0 +1,65 @@
+"""One place that turns application values into wire data.
+
+``peer.send``, ``peer.publish``, ``handler.publish`` and ``EventStream.push`` all
+go through here, so a dict is JSON-encoded the same way everywhere and a
+broadcast is encoded once, not once per receiver.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+__all__ = ["to_json_text", "to_text", "to_wire"]
+
+
+def _default(value: Any) -> Any:
+    """``json.dumps`` fallback for pydantic models, dataclasses, sets and bytes."""
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return dump(mode="json")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "replace")
+    return str(value)
+
+
+def to_json_text(value: Any) -> str:
+    """JSON text for ``value`` (compact, UTF-8 kept as is)."""
+    return json.dumps(value, default=_default, ensure_ascii=False, separators=(",", ":"))
+
+
+def to_wire(data: Any) -> str | bytes:
+    """``str`` for a text frame, ``bytes`` for a binary frame.
+
+    Follows crossws: ``None`` is ``""``, numbers and bools are their text,
+    containers and models are JSON, a ``Message`` is its text.
+    """
+    if isinstance(data, str):
+        return data
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    if data is None:
+        return ""
+    if isinstance(data, bool):
+        return "true" if data else "false"
+    if isinstance(data, (int, float)):
+        return str(data)
+    text = getattr(data, "_h3_text", None)  # Message
+    if text is not None:
+        return str(text())
+    return to_json_text(data)
+
+
+def to_text(data: Any) -> str:
+    """Text for protocols that only carry text (SSE ``data``): bytes become UTF-8."""
+    wire = to_wire(data)
+    if isinstance(wire, bytes):
+        return wire.decode("utf-8", "replace")
+    return wire

@@ -1,0 +1,356 @@
+"""App glue: ``H3Router`` (an ``APIRouter``), ``H3`` (a ``FastAPI``) and ``serve``.
+
+``H3Router.ws`` registers a ``WebSocketHandler`` as a FastAPI WebSocket route
+(so dependencies, path parameters and middleware run for the upgrade) plus a
+GET route on the same path that answers plain HTTP with 426 or the ``http``
+handler. ``H3`` adds h3's call style: ``app.get("/", handler)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import uvicorn
+from fastapi import APIRouter, FastAPI, params
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp
+
+from . import _shutdown
+from ._hooks import call_maybe_async
+from ._responses import to_response
+from .pubsub import PubSub
+from .websocket import WebSocketHandler, define_websocket_handler
+
+__all__ = ["H3", "H3Router", "Server", "serve"]
+
+_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def _as_handler(hooks: Any, options: dict[str, Any]) -> WebSocketHandler:
+    if isinstance(hooks, WebSocketHandler):
+        if options:
+            raise TypeError("options can only be given with hooks, not with a WebSocketHandler")
+        return hooks
+    return define_websocket_handler(hooks, **options)
+
+
+def _add_websocket(
+    router: APIRouter,
+    path: str,
+    handler: WebSocketHandler,
+    *,
+    name: str | None,
+    dependencies: Sequence[params.Depends] | None,
+    pubsub: PubSub | None,
+) -> None:
+    if handler.pubsub is None and pubsub is not None:
+        handler.pubsub = pubsub
+    router.add_api_websocket_route(path, handler, name=name, dependencies=dependencies)
+
+    async def upgrade_required(request: Request) -> Response:
+        return await handler.http_response(request)
+
+    router.add_api_route(
+        path,
+        upgrade_required,
+        methods=["GET"],
+        include_in_schema=False,
+        name=f"{name}_http" if name else None,
+    )
+    _handlers(router).append(handler)
+
+
+def _handlers(router: Any) -> list[WebSocketHandler]:
+    handlers: list[WebSocketHandler] | None = getattr(router, "_h3_handlers", None)
+    if handlers is None:
+        handlers = []
+        router._h3_handlers = handlers
+    return handlers
+
+
+@contextlib.asynccontextmanager
+async def _close_on_shutdown(router: Any) -> AsyncIterator[None]:
+    """Lifespan: on shutdown close open peers (1001), streams and the pub/sub."""
+    yield
+    await _shutdown.notify_server_exit()
+    closed: set[int] = set()
+    for handler in _handlers(router):
+        handler.close_all(1001, "server shutting down")
+        pubsub = handler.pubsub
+        if pubsub is not None and id(pubsub) not in closed:
+            closed.add(id(pubsub))
+            await pubsub.close()
+
+
+class H3Router(APIRouter):
+    """An ``APIRouter`` with ``ws()`` for crossws-style WebSocket handlers.
+
+    ``pubsub`` is the backplane for handlers registered here that do not name
+    their own (default: the process-wide one, ``H3_PUBSUB_URL`` or memory).
+    """
+
+    def __init__(self, *, pubsub: PubSub | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("lifespan", lambda app: _close_on_shutdown(self))
+        super().__init__(**kwargs)
+        self.pubsub = pubsub
+
+    def ws(
+        self,
+        path: str,
+        hooks: Any = None,
+        *,
+        name: str | None = None,
+        dependencies: Sequence[params.Depends] | None = None,
+        **options: Any,
+    ) -> Any:
+        """Register a WebSocket route from hooks or a ``WebSocketHandler``.
+
+        Call form returns the handler; decorator form (``@router.ws(path)`` on a
+        hooks class, object or factory) replaces the decorated name with it.
+        Extra keywords are ``define_websocket_handler`` options.
+        """
+
+        def register(source: Any) -> WebSocketHandler:
+            handler = _as_handler(source, options)
+            _add_websocket(
+                self,
+                path,
+                handler,
+                name=name,
+                dependencies=dependencies,
+                pubsub=self.pubsub,
+            )
+            return handler
+
+        if hooks is None:
+            return register
+        return register(hooks)
+
+
+def _is_h3_style(handler: Callable[..., Any]) -> bool:
+    """``handler(event)`` or ``handler()`` with no FastAPI annotations."""
+    try:
+        sig = inspect.signature(handler)
+    except (TypeError, ValueError):
+        return False
+    positional = [
+        p
+        for p in sig.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    ]
+    if len(positional) != len(sig.parameters) or len(positional) > 1:
+        return False
+    return all(p.annotation is p.empty for p in positional)
+
+
+def _h3_endpoint(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap an h3-style ``handler(request)`` as a FastAPI endpoint."""
+    takes_request = bool(inspect.signature(handler).parameters)
+
+    @functools.wraps(handler)
+    async def endpoint(request: Request) -> Response:
+        args = (request,) if takes_request else ()
+        return to_response(await call_maybe_async(handler, *args))
+
+    endpoint.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request)]
+    )
+    return endpoint
+
+
+class H3(FastAPI):
+    """A FastAPI app that also takes h3's call style.
+
+    ``app.get("/", handler)`` registers ``handler`` directly; a handler taking
+    one unannotated argument gets the ``Request`` (h3's ``event``) and may
+    return a ``Response``, text, bytes or JSON-able data. A
+    ``WebSocketHandler`` given to ``get``/``all``/``use`` becomes a WebSocket
+    route. Without a handler these methods are FastAPI's decorators.
+    """
+
+    def __init__(self, *, pubsub: PubSub | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pubsub = pubsub
+        self.router.lifespan_context = _merge(self.router.lifespan_context, self.router)
+
+    def _route(self, methods: list[str], path: str, handler: Any, kwargs: dict[str, Any]) -> Any:
+        if isinstance(handler, WebSocketHandler):
+            _add_websocket(
+                self.router,
+                path,
+                handler,
+                name=kwargs.get("name"),
+                dependencies=kwargs.get("dependencies"),
+                pubsub=self.pubsub,
+            )
+            return handler
+        endpoint = _h3_endpoint(handler) if _is_h3_style(handler) else handler
+        self.add_api_route(path, endpoint, methods=methods, **kwargs)
+        return handler
+
+    def get(self, path: str, handler: Any = None, **kwargs: Any) -> Any:
+        """``@app.get(path)`` (FastAPI) or ``app.get(path, handler)`` (h3)."""
+        if handler is None:
+            return super().get(path, **kwargs)
+        return self._route(["GET"], path, handler, kwargs)
+
+    def post(self, path: str, handler: Any = None, **kwargs: Any) -> Any:
+        """``@app.post(path)`` (FastAPI) or ``app.post(path, handler)`` (h3)."""
+        if handler is None:
+            return super().post(path, **kwargs)
+        return self._route(["POST"], path, handler, kwargs)
+
+    def put(self, path: str, handler: Any = None, **kwargs: Any) -> Any:
+        """``@app.put(path)`` (FastAPI) or ``app.put(path, handler)`` (h3)."""
+        if handler is None:
+            return super().put(path, **kwargs)
+        return self._route(["PUT"], path, handler, kwargs)
+
+    def patch(self, path: str, handler: Any = None, **kwargs: Any) -> Any:
+        """``@app.patch(path)`` (FastAPI) or ``app.patch(path, handler)`` (h3)."""
+        if handler is None:
+            return super().patch(path, **kwargs)
+        return self._route(["PATCH"], path, handler, kwargs)
+
+    def delete(self, path: str, handler: Any = None, **kwargs: Any) -> Any:
+        """``@app.delete(path)`` (FastAPI) or ``app.delete(path, handler)`` (h3)."""
+        if handler is None:
+            return super().delete(path, **kwargs)
+        return self._route(["DELETE"], path, handler, kwargs)
+
+    def all(self, path: str, handler: Any = None, **kwargs: Any) -> Any:
+        """Every HTTP method on ``path`` (h3's ``app.all``); decorator without a handler."""
+        if handler is None:
+            return lambda h: self._route(list(_ALL_METHODS), path, h, kwargs)
+        return self._route(list(_ALL_METHODS), path, handler, kwargs)
+
+    def use(self, path: str | Any, handler: Any = None) -> Any:
+        """Mount a ``WebSocketHandler`` or any ASGI app at ``path``."""
+        if handler is None:
+            path, handler = "", path
+        if isinstance(handler, WebSocketHandler):
+            return self._route(["GET"], path or "/", handler, {})
+        app: ASGIApp = handler
+        self.mount(path, app)
+        return handler
+
+    def ws(self, path: str, hooks: Any = None, **options: Any) -> Any:
+        """Register a WebSocket route (same as ``H3Router.ws``)."""
+
+        def register(source: Any) -> WebSocketHandler:
+            return self._route(["GET"], path, _as_handler(source, options), {})  # type: ignore[no-any-return]
+
+        return register if hooks is None else register(hooks)
+
+
+def _merge(inner: Any, router: Any) -> Any:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[Any]:
+        async with inner(app) as state, _close_on_shutdown(router):
+            yield state
+
+    return lifespan
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn's server with a ``started`` event instead of a polled flag."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.started_event = asyncio.Event()
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        self.started_event.set()
+
+
+class Server:
+    """A running server started by ``serve``: ``url``, ``await ready()``, ``await close()``."""
+
+    def __init__(self, app: Any, host: str, port: int, options: dict[str, Any]) -> None:
+        options.setdefault("log_level", "info")
+        self.config = uvicorn.Config(app, host=host, port=port, **options)
+        self.host = host
+        self.port = port
+        self._server: _Uvicorn | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        """``http://host:port/`` (the real port once started with ``port=0``)."""
+        host = self.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}/"
+
+    def _bound_port(self) -> None:
+        server = self._server
+        if server is not None and server.servers:
+            sockets = server.servers[0].sockets
+            if sockets:
+                self.port = sockets[0].getsockname()[1]
+
+    def start(self) -> Server:
+        """Start serving as a task of the running loop."""
+        self._server = _Uvicorn(self.config)
+        self._task = asyncio.get_running_loop().create_task(self._server.serve())
+        return self
+
+    async def ready(self) -> Server:
+        """Wait until the server accepts connections."""
+        if self._server is None:
+            self.start()
+        assert self._server is not None and self._task is not None
+        started = asyncio.ensure_future(self._server.started_event.wait())
+        await asyncio.wait({started, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        if not self._server.started_event.is_set():
+            started.cancel()
+            raise RuntimeError(f"server failed to start on {self.host}:{self.port}")
+        self._bound_port()
+        return self
+
+    async def close(self) -> None:
+        """Stop accepting, close open connections and wait for shutdown."""
+        if self._server is None or self._task is None:
+            return
+        self._server.should_exit = True
+        await asyncio.wait({self._task})
+
+    def run(self) -> None:
+        """Serve in the foreground until interrupted."""
+        self._server = _Uvicorn(self.config)
+        self._server.run()
+
+
+def serve(
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 3000,
+    *,
+    block: bool | None = None,
+    **uvicorn_options: Any,
+) -> Server:
+    """Serve ``app`` with uvicorn, like h3's ``serve(app)``.
+
+    Inside a running event loop it starts in the background and returns a
+    ``Server`` (``await server.ready()``). From a plain script (no running
+    loop) it blocks until the server stops.
+    """
+    server = Server(app, host, port, uvicorn_options)
+    if block is None:
+        try:
+            asyncio.get_running_loop()
+            block = False
+        except RuntimeError:
+            block = True
+    if block:
+        server.run()
+    else:
+        server.start()
+    return server

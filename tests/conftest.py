@@ -1,0 +1,179 @@
+"""Shared fixtures: real uvicorn servers on 127.0.0.1 with random ports.
+
+``live_server(app)`` runs uvicorn in a thread of this process (the test can
+look at handler state); ``spawn_server("module:app")`` runs it in a child
+process (for signals and memory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+ROOT = Path(__file__).resolve().parent.parent
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def need(condition: bool, reason: str) -> None:
+    """Skip loudly when a system component is missing; under CI that is a failure."""
+    if condition:
+        return
+    if CI:
+        pytest.fail(f"CI=true but {reason}", pytrace=False)
+    pytest.skip(f"SKIPPED LOUDLY: {reason} (install it or run `make test` as root)")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class _ThreadServer(uvicorn.Server):
+    """uvicorn that signals a thread-safe event once it listens."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.listening = threading.Event()
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        self.listening.set()
+
+
+class LiveServer:
+    """uvicorn in a background thread with its own event loop."""
+
+    def __init__(self, app: Any, **options: Any) -> None:
+        options.setdefault("log_level", "warning")
+        options.setdefault("lifespan", "on")
+        self.config = uvicorn.Config(app, host="127.0.0.1", port=0, **options)
+        self.server = _ThreadServer(self.config)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.port = 0
+
+    def _run(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self.server.serve())
+
+    def start(self) -> LiveServer:
+        self.thread.start()
+        if not self.server.listening.wait(15) or not self.server.started:
+            raise RuntimeError("uvicorn did not start")
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def call(self, func: Callable[[], Any]) -> Any:
+        """Run ``func`` on the server's loop and return its result."""
+        assert self.loop is not None
+
+        async def run() -> Any:
+            return func()
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+
+
+@pytest.fixture
+def live_server() -> Iterator[Callable[..., LiveServer]]:
+    servers: list[LiveServer] = []
+
+    def start(app: Any, **options: Any) -> LiveServer:
+        server = LiveServer(app, **options).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+class ChildServer:
+    """uvicorn in a child process, for signals, RSS and several workers."""
+
+    def __init__(self, target: str, port: int, args: list[str], env: dict[str, str]) -> None:
+        self.port = port
+        cmd = [sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1"]
+        cmd += ["--port", str(port), "--log-level", "warning", *args]
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 20) -> ChildServer:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                out = self.proc.stdout.read().decode() if self.proc.stdout else ""
+                raise RuntimeError(f"server exited early:\n{out}")
+            with contextlib.suppress(OSError), socket.create_connection(
+                ("127.0.0.1", self.port), timeout=0.2
+            ):
+                return self
+            time.sleep(0.05)
+        raise RuntimeError("server did not start")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def spawn_server() -> Iterator[Callable[..., ChildServer]]:
+    children: list[ChildServer] = []
+
+    def start(target: str, *args: str, env: dict[str, str] | None = None) -> ChildServer:
+        child = ChildServer(target, free_port(), list(args), env or {})
+        children.append(child)
+        return child.wait_ready()
+
+    yield start
+    for child in children:
+        child.stop()
+
+
+def which(name: str) -> str | None:
+    return shutil.which(name)
