@@ -32,11 +32,13 @@ __all__ = [
 class Outgoing:
     """Data encoded once for every receiver: a WebSocket frame or an SSE ``data``."""
 
-    __slots__ = ("_message", "data", "size")
+    __slots__ = ("_message", "data", "id", "size")
 
-    def __init__(self, data: str | bytes) -> None:
+    def __init__(self, data: str | bytes, id: str | None = None) -> None:
         self.data = data
         self.size = len(data)
+        # Event id given by a pub/sub that keeps history (SSE replay), else None.
+        self.id = id
         self._message: dict[str, Any] | None = None
 
     @classmethod
@@ -184,6 +186,13 @@ class MemoryPubSub:
                 if own is not None and own != namespace:
                     continue
             subscriber._deliver(outgoing)
+
+    def replay(self, topic: str, last_event_id: str | None) -> list[Outgoing]:
+        """Publishes to ``topic`` after ``last_event_id`` still in history (oldest first).
+
+        Memory keeps no history yet, so this is empty.
+        """
+        return []
 
     async def close(self) -> None:
         return None
