@@ -1,0 +1,152 @@
+"""Peer behaviour: sending from anywhere, awaiting writes, closing, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+import websockets
+from fastapi import FastAPI
+from websockets.exceptions import ConnectionClosed
+
+from h3_fastapi import CloseDetails, H3Router, Message, Peer, define_websocket_handler, publish
+
+TIMEOUT = 5
+
+
+class Recorder:
+    """Hooks that record what happened, with a thread-safe wait."""
+
+    def __init__(self) -> None:
+        self.peers: list[Peer] = []
+        self.closes: list[tuple[str, CloseDetails]] = []
+        self.changed = threading.Condition()
+        self.replies: list[Any] = []
+
+    def open(self, peer: Peer) -> None:
+        with self.changed:
+            self.peers.append(peer)
+            self.changed.notify_all()
+        peer.subscribe("news")
+
+    async def message(self, peer: Peer, message: Message) -> None:
+        text = message.text()
+        if text == "awaited":
+            await peer.send("first")
+            self.replies.append(peer.buffered_amount)
+            await peer.send("second")
+        elif text == "close-twice":
+            peer.close(4001, "once")
+            peer.close(4002, "twice")
+            peer.send("dropped after close")
+        elif text == "terminate":
+            peer.terminate()
+        elif text == "from-thread":
+            threading.Thread(target=peer.send, args=("sent from a thread",)).start()
+        elif text == "drain":
+            for i in range(50):
+                peer.send(f"chunk {i}")
+            await peer.wait_for_drain()
+            self.replies.append(peer.buffered_amount)
+            peer.send("drained")
+
+    def close(self, peer: Peer, details: CloseDetails) -> None:
+        with self.changed:
+            self.closes.append((peer.id, details))
+            self.changed.notify_all()
+
+    def wait(self, predicate: Any) -> None:
+        with self.changed:
+            assert self.changed.wait_for(predicate, TIMEOUT), "timed out"
+
+
+@pytest.fixture
+def setup(live_server: Any) -> Any:
+    recorder = Recorder()
+    app = FastAPI()
+    router = H3Router()
+    handler = router.ws("/ws", define_websocket_handler(recorder))
+    app.include_router(router)
+    return live_server(app), handler, recorder
+
+
+async def recv(ws: Any) -> Any:
+    return await asyncio.wait_for(ws.recv(), TIMEOUT)
+
+
+async def test_awaited_sends_are_written_in_order(setup: Any) -> None:
+    server, _, recorder = setup
+    async with websockets.connect(server.ws_url + "/ws") as ws:
+        await ws.send("awaited")
+        assert await recv(ws) == "first"
+        assert await recv(ws) == "second"
+    assert recorder.replies == [0]  # awaiting send waited until written
+
+
+async def test_close_is_idempotent_and_later_sends_are_dropped(setup: Any) -> None:
+    server, _, recorder = setup
+    async with websockets.connect(server.ws_url + "/ws") as ws:
+        await ws.send("close-twice")
+        with pytest.raises(ConnectionClosed):
+            await recv(ws)
+        assert (ws.close_code, ws.close_reason) == (4001, "once")
+    await asyncio.to_thread(recorder.wait, lambda: recorder.closes)
+    assert [d for _, d in recorder.closes] == [CloseDetails(4001, "once")]
+
+
+async def test_terminate_drops_the_connection_and_runs_close(setup: Any) -> None:
+    server, handler, recorder = setup
+    async with websockets.connect(server.ws_url + "/ws") as ws:
+        await ws.send("terminate")
+        with pytest.raises(ConnectionClosed):
+            await recv(ws)
+    await asyncio.to_thread(recorder.wait, lambda: recorder.closes)
+    assert len(recorder.closes) == 1
+    assert server.call(lambda: handler.peers) == {}
+
+
+async def test_send_from_another_thread(setup: Any) -> None:
+    server, _, _ = setup
+    async with websockets.connect(server.ws_url + "/ws") as ws:
+        await ws.send("from-thread")
+        assert await recv(ws) == "sent from a thread"
+
+
+async def test_wait_for_drain(setup: Any) -> None:
+    server, _, recorder = setup
+    async with websockets.connect(server.ws_url + "/ws") as ws:
+        await ws.send("drain")
+        received = [await recv(ws) for _ in range(51)]
+        assert received == [f"chunk {i}" for i in range(50)] + ["drained"]
+    assert recorder.replies == [0]
+
+
+async def test_module_level_publish_from_a_plain_thread(setup: Any) -> None:
+    server, _, recorder = setup
+    async with (
+        websockets.connect(server.ws_url + "/ws") as a,
+        websockets.connect(server.ws_url + "/ws") as b,
+    ):
+        await asyncio.to_thread(recorder.wait, lambda: len(recorder.peers) == 2)
+        await asyncio.to_thread(publish, "news", {"headline": "threads work"})
+        assert await recv(a) == '{"headline":"threads work"}'
+        assert await recv(b) == '{"headline":"threads work"}'
+
+
+async def test_close_all_and_server_shutdown_send_1001(live_server: Any) -> None:
+    recorder = Recorder()
+    app = FastAPI()
+    router = H3Router()
+    router.ws("/ws", define_websocket_handler(recorder))
+    app.include_router(router)
+    server = live_server(app)
+    clients = [await websockets.connect(server.ws_url + "/ws") for _ in range(3)]
+    await asyncio.to_thread(recorder.wait, lambda: len(recorder.peers) == 3)
+    await asyncio.to_thread(server.stop)
+    for ws in clients:
+        with pytest.raises(ConnectionClosed):
+            await recv(ws)
+        assert ws.close_code == 1001
+    assert sorted(d.code for _, d in recorder.closes) == [1001, 1001, 1001]
