@@ -7,12 +7,19 @@ default ``MemoryPubSub`` stops at the process boundary; ``RedisPubSub`` (in
 
 A publish is encoded once (``Outgoing``) and the same object is handed to every
 subscriber, so a broadcast to 1,000 peers serialises the data once.
+
+With ``history=N`` a pub/sub keeps the last N publishes of each topic and
+stamps each with an event id (``Outgoing.id``, ``"<milliseconds>-<sequence>"``
+like a Redis stream id), so an event stream that reconnects with
+``Last-Event-ID`` can be given what it missed (``replay``/``subscribe_from``).
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
+from collections import deque
 from collections.abc import Awaitable, Generator
 from typing import Any, Protocol, runtime_checkable
 
@@ -24,6 +31,7 @@ __all__ = [
     "PubSub",
     "Subscriber",
     "get_default_pubsub",
+    "parse_event_id",
     "publish",
     "set_default_pubsub",
 ]
@@ -125,14 +133,37 @@ class PubSub(Protocol):
         """Release connections; subscribers stay registered locally."""
 
 
+def parse_event_id(event_id: str | None) -> tuple[int, int] | None:
+    """``"1700000000000-3"`` -> ``(1700000000000, 3)``; ``None`` for anything else.
+
+    Event ids from a pub/sub with history (memory or a Redis stream) have this
+    form and sort by the tuple. A bare number is taken as ``(number, 0)``.
+    """
+    if not event_id:
+        return None
+    ms, _, seq = event_id.strip().partition("-")
+    if not ms.isdigit() or not (seq.isdigit() or not seq):
+        return None
+    return int(ms), int(seq) if seq else 0
+
+
 class MemoryPubSub:
     """In-process pub/sub: no server, nothing leaves the process.
 
     Safe to publish from any thread: delivery hops to each subscriber's loop.
+    With ``history=N`` the last N publishes of each topic are kept, each with
+    an event id, for ``replay``/``subscribe_from`` (SSE ``Last-Event-ID``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, history: int = 0) -> None:
+        if history < 0:
+            raise ValueError("history must be >= 0")
         self.topics: dict[str, dict[Subscriber, None]] = {}
+        self.history = history
+        # topic -> (parsed id, publish) oldest first, at most ``history`` long.
+        self._history: dict[str, deque[tuple[tuple[int, int], Outgoing]]] = {}
+        self._history_lock = threading.RLock()
+        self._last_id = (0, 0)
 
     def subscribe(self, topic: str, subscriber: Subscriber) -> None:
         subscribers = self.topics.get(topic)
@@ -162,7 +193,15 @@ class MemoryPubSub:
         namespace: str | None = None,
         exclude: Subscriber | None = None,
     ) -> Awaitable[None]:
-        self.deliver_local(topic, Outgoing.encode(data), namespace, exclude)
+        outgoing = Outgoing.encode(data)
+        if self.history:
+            # Under the lock so ``subscribe_from`` never sees a publish both
+            # in history and live, or in neither.
+            with self._history_lock:
+                outgoing = self._record(topic, outgoing)
+                self.deliver_local(topic, outgoing, namespace, exclude)
+        else:
+            self.deliver_local(topic, outgoing, namespace, exclude)
         return DONE
 
     def deliver_local(
@@ -190,12 +229,56 @@ class MemoryPubSub:
     def replay(self, topic: str, last_event_id: str | None) -> list[Outgoing]:
         """Publishes to ``topic`` after ``last_event_id`` still in history (oldest first).
 
-        Memory keeps no history yet, so this is empty.
+        Empty without ``history``, without an id, or for an id this pub/sub did
+        not make (not ``"<ms>-<seq>"``). An id older than the history gives the
+        whole history: the client missed more than is kept.
         """
-        return []
+        after = parse_event_id(last_event_id) if self.history else None
+        if after is None:
+            return []
+        with self._history_lock:
+            kept = self._history.get(topic)
+            if not kept:
+                return []
+            return [outgoing for key, outgoing in kept if key > after]
+
+    def subscribe_from(
+        self, topic: str, subscriber: Subscriber, last_event_id: str | None
+    ) -> Awaitable[None]:
+        """Subscribe ``subscriber``, first delivering what it missed after ``last_event_id``.
+
+        The missed publishes (``replay``) and then live ones reach the
+        subscriber in order, none twice and none lost in between. The result
+        may be awaited until the missed ones have been handed over.
+        """
+        with self._history_lock:
+            for outgoing in self.replay(topic, last_event_id):
+                subscriber._deliver(outgoing)
+            self.subscribe(topic, subscriber)
+        return DONE
 
     async def close(self) -> None:
         return None
+
+    # --- history ----------------------------------------------------------
+
+    def _next_id(self) -> tuple[int, int]:
+        """A new event id, greater than every earlier one (caller holds the lock)."""
+        ms = time.time_ns() // 1_000_000
+        last_ms, last_seq = self._last_id
+        key = (ms, 0) if ms > last_ms else (last_ms, last_seq + 1)
+        self._last_id = key
+        return key
+
+    def _record(self, topic: str, outgoing: Outgoing) -> Outgoing:
+        """Stamp a copy of ``outgoing`` with a new id and keep it (caller holds the lock)."""
+        key = self._next_id()
+        stamped = Outgoing(outgoing.data, f"{key[0]}-{key[1]}")
+        kept = self._history.get(topic)
+        if kept is None:
+            kept = self._history[topic] = deque(maxlen=self.history)
+        kept.append((key, stamped))
+        return stamped
 
     # Extension points for backplanes that mirror local topics elsewhere.
     def _topic_added(self, topic: str) -> None:
