@@ -1,0 +1,260 @@
+"""Header discipline for the proxy: what crosses it, what is rewritten on the way.
+
+Follows h3 v2: hop-by-hop request headers (and any header the request's
+``Connection`` names) never reach the upstream, hop-by-hop and framing response
+headers never reach the client, ``Set-Cookie`` values stay separate and can
+have their ``Domain``/``Path`` rewritten, and ``Location``/``Refresh`` pointing
+at the upstream are turned back into the proxy's own origin.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from urllib.parse import urlsplit
+
+__all__ = [
+    "FRAMING_REQUEST_HEADERS",
+    "IGNORED_REQUEST_HEADERS",
+    "IGNORED_RESPONSE_HEADERS",
+    "HeaderInput",
+    "connection_tokens",
+    "filter_request_headers",
+    "filter_response_headers",
+    "merge_headers",
+    "origin_of",
+    "rewrite_cookie",
+    "rewrite_location_headers",
+]
+
+# Request headers the proxy never forwards as they came in.
+IGNORED_REQUEST_HEADERS = frozenset(
+    {
+        "transfer-encoding",
+        "accept-encoding",  # the body is decoded on the way back
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "expect",
+        "te",
+        "trailer",
+        "host",
+        "proxy-authorization",  # credentials for this proxy, not the upstream
+        "proxy-connection",
+    }
+)
+
+# The true hop-by-hop subset: ``forward_headers`` cannot force these through.
+# Only the "soft" drops (``host``, ``accept-encoding``, ``expect``) can be.
+FRAMING_REQUEST_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-connection",
+    }
+)
+
+# Upstream response headers the client never sees.
+IGNORED_RESPONSE_HEADERS = frozenset(
+    {
+        "content-encoding",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-connection",
+        "upgrade",
+        "trailer",
+        "te",
+    }
+)
+
+# A mapping, or (name, value) pairs; a ``None`` value removes the header.
+HeaderInput = Mapping[str, "str | None"] | Iterable[tuple[str, "str | None"]]
+
+
+def connection_tokens(values: Iterable[str]) -> frozenset[str]:
+    """The lower-cased field names that ``Connection`` header values nominate."""
+    tokens: set[str] = set()
+    for value in values:
+        for token in value.split(","):
+            token = token.strip().lower()
+            if token:
+                tokens.add(token)
+    return frozenset(tokens)
+
+
+def filter_request_headers(
+    items: Iterable[tuple[str, str]],
+    *,
+    host: bool = False,
+    forward_headers: Iterable[str] | None = None,
+    filter_headers: Iterable[str] | None = None,
+) -> dict[str, str]:
+    """The incoming request headers that may be forwarded, as a lower-cased dict.
+
+    ``filter_headers`` always wins; ``forward_headers`` forces through a
+    "soft" drop but never a hop-by-hop header or one ``Connection`` names.
+    Repeated headers are joined with ``", "`` (``cookie`` with ``"; "``).
+    """
+    pairs = [(name.lower(), value) for name, value in items]
+    denied = {h.lower() for h in filter_headers or ()}
+    forced = {h.lower() for h in forward_headers or ()}
+    nominated = connection_tokens(v for n, v in pairs if n == "connection")
+    headers: dict[str, str] = {}
+    for name, value in pairs:
+        if name in denied or name in nominated:
+            continue
+        keep = (
+            name not in IGNORED_REQUEST_HEADERS
+            or (name == "host" and host)
+            or (name in forced and name not in FRAMING_REQUEST_HEADERS)
+        )
+        if not keep:
+            continue
+        if name in headers:
+            separator = "; " if name == "cookie" else ", "
+            headers[name] = headers[name] + separator + value
+        else:
+            headers[name] = value
+    return headers
+
+
+def filter_response_headers(items: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Upstream response headers minus hop-by-hop, framing and ``Connection``-named ones.
+
+    Order and repeats are kept, so each ``Set-Cookie`` stays its own header.
+    """
+    pairs = [(name.lower(), value) for name, value in items]
+    nominated = connection_tokens(v for n, v in pairs if n == "connection")
+    return [
+        (name, value)
+        for name, value in pairs
+        if name not in IGNORED_RESPONSE_HEADERS and name not in nominated
+    ]
+
+
+def merge_headers(base: Mapping[str, str], *inputs: HeaderInput | None) -> dict[str, str]:
+    """``base`` overlaid with each input in turn (names lower-cased; ``None`` removes)."""
+    merged = {name.lower(): value for name, value in base.items()}
+    for headers in inputs:
+        if not headers:
+            continue
+        items = headers.items() if isinstance(headers, Mapping) else headers
+        for name, value in items:
+            key = str(name).lower()
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = str(value)
+    return merged
+
+
+def rewrite_cookie(cookie: str, rewrite: str | Mapping[str, str], attribute: str) -> str:
+    """Rewrite one ``Set-Cookie`` attribute (``domain`` or ``path``) by a map.
+
+    A string applies to every value; a mapping is looked up by the current
+    value, ``"*"`` matching any. An empty replacement removes the attribute.
+    """
+    mapping: Mapping[str, str] = {"*": rewrite} if isinstance(rewrite, str) else rewrite
+    pattern = re.compile(rf"(;\s*{attribute}=)([^;]+)", re.IGNORECASE)
+
+    def replace(match: re.Match[str]) -> str:
+        previous = match.group(2)
+        if previous in mapping:
+            value = mapping[previous]
+        elif "*" in mapping:
+            value = mapping["*"]
+        else:
+            return match.group(0)
+        return match.group(1) + value if value else ""
+
+    return pattern.sub(replace, cookie)
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def origin_of(url: str) -> str | None:
+    """``scheme://host[:port]`` of an absolute URL (default port left out), else ``None``."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    host = parts.hostname
+    if not scheme or not host:
+        return None
+    if ":" in host:
+        host = f"[{host}]"
+    if port is None or port == _DEFAULT_PORTS.get(scheme):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
+def _rewrite_origin(value: str, target_origin: str | None, request_origin: str) -> str | None:
+    if not target_origin or target_origin == request_origin:
+        return None
+    if value.startswith("//"):  # protocol-relative: resolve against the target
+        value = target_origin.split(":", 1)[0] + ":" + value
+    if origin_of(value) != target_origin:
+        return None  # relative or third-party: not ours to rewrite
+    parts = urlsplit(value)
+    rewritten = request_origin + (parts.path or "/")
+    if parts.query:
+        rewritten += "?" + parts.query
+    if parts.fragment:
+        rewritten += "#" + parts.fragment
+    return rewritten
+
+
+def _rewrite_prefix(value: str, mapping: Mapping[str, str]) -> str | None:
+    for prefix, replacement in mapping.items():
+        if value.startswith(prefix):
+            return replacement + value[len(prefix) :]
+    return None
+
+
+_REFRESH = re.compile(r"""^(\s*(?:[\d.]+\s*[;,]\s*)?url\s*=\s*)(['"]?)(.*?)\2(\s*)$""", re.I)
+
+
+def rewrite_location_headers(
+    headers: list[tuple[str, str]],
+    rewrite: bool | Mapping[str, str],
+    target_origin: str | None,
+    request_origin: str,
+) -> list[tuple[str, str]]:
+    """Rewrite ``location`` and ``refresh`` like nginx ``proxy_redirect``.
+
+    ``True``: a URL on ``target_origin`` moves to ``request_origin`` (path,
+    query and fragment kept). A mapping: the first matching URL prefix is
+    replaced. Other values pass through untouched.
+    """
+
+    def rewrite_value(value: str) -> str | None:
+        if rewrite is True:
+            return _rewrite_origin(value, target_origin, request_origin)
+        if isinstance(rewrite, Mapping):
+            return _rewrite_prefix(value, rewrite)
+        return None
+
+    result: list[tuple[str, str]] = []
+    for name, value in headers:
+        if name == "location" and value:
+            value = rewrite_value(value) or value
+        elif name == "refresh" and value:
+            match = _REFRESH.match(value)
+            if match:
+                new_url = rewrite_value(match.group(3))
+                if new_url:
+                    quote = match.group(2)
+                    value = match.group(1) + quote + new_url + quote + match.group(4)
+        result.append((name, value))
+    return result
