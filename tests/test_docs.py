@@ -1,0 +1,478 @@
+"""The docs site: how it is built, and every example it shows, run against real servers.
+
+Three parts:
+
+1. Inspection: every fenced ``python`` block in ``docs/*.md`` comes from a file through
+   the ``--8<--`` snippet syntax, every snippet it names exists, the README quick start
+   is ``docs/examples/getting_started.py`` verbatim, the Chinese pages are clean UTF-8.
+2. Build: ``mkdocs build --strict`` into a temporary directory passes and writes the
+   ``zh`` pages.
+3. Behaviour: each ``docs/examples/*.py`` imports, and the ones the guides in this
+   repository's WebSockets/testing/getting-started/migration pages show are served by
+   a real uvicorn and driven by real clients (``websockets``, ``httpx``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import logging
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.conftest import ROOT
+
+DOCS = ROOT / "docs"
+EXAMPLES = DOCS / "examples"
+TIMEOUT = 5
+
+# ---------------------------------------------------------------- helpers
+
+
+_loaded: dict[Path, ModuleType] = {}
+
+
+def example(name: str) -> ModuleType:
+    """Import ``docs/examples/<name>.py`` once (the docs examples are not a package)."""
+    path = EXAMPLES / f"{name}.py"
+    if path not in _loaded:
+        spec = importlib.util.spec_from_file_location(f"docs_examples_{name}", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        _loaded[path] = module
+    return _loaded[path]
+
+
+async def recv(ws: Any) -> Any:
+    return await asyncio.wait_for(ws.recv(), TIMEOUT)
+
+
+async def recv_json(ws: Any) -> Any:
+    return json.loads(await recv(ws))
+
+
+async def closed_with(ws: Any) -> int | None:
+    """Read until the server closes; the close code it sent."""
+    try:
+        while True:
+            await recv(ws)
+    except ConnectionClosed as exc:
+        return exc.rcvd.code if exc.rcvd else None
+
+
+async def rejected(url: str, **kwargs: Any) -> InvalidStatus:
+    with pytest.raises(InvalidStatus) as info:
+        async with websockets.connect(url, **kwargs):
+            pass
+    return info.value
+
+
+class LogWatcher(logging.Handler):
+    """Collects log lines from any thread; tests wait on them instead of sleeping."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+        self.changed = threading.Condition()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self.changed:
+            self.lines.append(record.getMessage())
+            self.changed.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float = TIMEOUT) -> str:
+        regex = re.compile(pattern)
+
+        def found() -> str | None:
+            return next((line for line in self.lines if regex.search(line)), None)
+
+        with self.changed:
+            if not self.changed.wait_for(found, timeout):
+                raise AssertionError(f"no log line matched {pattern!r}; got {self.lines}")
+        return found() or ""
+
+
+@pytest.fixture
+def watch_log() -> Iterator[Callable[[str], LogWatcher]]:
+    attached: list[tuple[logging.Logger, LogWatcher, int]] = []
+
+    def watch(name: str) -> LogWatcher:
+        logger = logging.getLogger(name)
+        watcher = LogWatcher()
+        attached.append((logger, watcher, logger.level))
+        logger.addHandler(watcher)
+        logger.setLevel(logging.DEBUG)
+        return watcher
+
+    yield watch
+    for logger, watcher, level in attached:
+        logger.removeHandler(watcher)
+        logger.setLevel(level)
+
+
+# ---------------------------------------------------------------- 1. inspection
+
+FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>[^\n`]*)$")
+SNIPPET = re.compile(r"""^\s*-{1,}8<-{1,}\s+(?P<q>["'])(?P<path>[^"']+)(?P=q)\s*$""")
+
+
+def fenced_blocks(text: str) -> list[tuple[str, list[str], int]]:
+    """(info string, body lines, line number) of every fenced block in a Markdown page."""
+    blocks = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        m = FENCE.match(lines[i])
+        if not m:
+            i += 1
+            continue
+        fence, info, start = m["fence"], m["info"].strip(), i + 1
+        body = []
+        i += 1
+        while i < len(lines) and not lines[i].strip().startswith(fence):
+            body.append(lines[i])
+            i += 1
+        blocks.append((info, body, start))
+        i += 1
+    return blocks
+
+
+def doc_pages() -> list[Path]:
+    return sorted(DOCS.glob("*.md"))
+
+
+@pytest.mark.parametrize("page", doc_pages(), ids=lambda p: p.name)
+def test_every_python_block_is_included_from_a_file(page: Path) -> None:
+    """No hand-typed Python in the docs: each block is one ``--8<--`` include of a tested file."""
+    for info, body, line in fenced_blocks(page.read_text(encoding="utf-8")):
+        language = info.split()[0].lstrip(".").lower() if info else ""
+        if language not in ("python", "py", "python3", "pycon"):
+            continue
+        code = [b for b in body if b.strip()]
+        assert code, f"{page.name}:{line}: empty python block"
+        for entry in code:
+            m = SNIPPET.match(entry)
+            assert m, f"{page.name}:{line}: python block is not a --8<-- include: {entry!r}"
+            path = m["path"].split(":")[0]
+            assert path.startswith(("docs/examples/", "example_app/")), (
+                f"{page.name}:{line}: include {path} from docs/examples/ or example_app/"
+            )
+            assert (ROOT / path).is_file(), f"{page.name}:{line}: {path} does not exist"
+
+
+def test_snippet_sections_exist() -> None:
+    """Every ``file.py:section`` named in a page has start and end markers in that file."""
+    named = re.compile(r"""--8<--\s+["'](?P<path>[^"':]+):(?P<section>[a-z][-_0-9a-z]*)["']""")
+    seen = 0
+    for page in doc_pages():
+        for m in named.finditer(page.read_text(encoding="utf-8")):
+            source = (ROOT / m["path"]).read_text(encoding="utf-8")
+            for marker in ("start", "end"):
+                assert f"# --8<-- [{marker}:{m['section']}]" in source, (
+                    f"{page.name}: {m['path']} has no [{marker}:{m['section']}] marker"
+                )
+            seen += 1
+    assert seen > 0
+
+
+def test_readme_starts_with_the_two_commands_and_quotes_getting_started() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = fenced_blocks(readme)
+    _info, body, _ = blocks[0]
+    commands = [line.split("#")[0].strip() for line in body if line.strip()]
+    assert commands == ["make run", "make test"], "the README must open with the two commands"
+    # Nothing but the title before them.
+    before = readme.split("```", 1)[0]
+    assert [line for line in before.splitlines() if line.strip()] == ["# h3-fastapi"]
+    quick = [b for b in blocks if b[0].startswith("python")]
+    assert quick, "README has no python quick start"
+    source = (EXAMPLES / "getting_started.py").read_text(encoding="utf-8")
+    assert "\n".join(quick[0][1]) + "\n" == source, (
+        "README quick start differs from docs/examples/getting_started.py; copy the file over"
+    )
+
+
+def test_readme_links_the_screenshot() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", readme)
+    assert "docs/assets/chat-demo.png" in images
+    assert (DOCS / "assets" / "chat-demo.png").stat().st_size > 5_000
+
+
+@pytest.mark.parametrize("page", sorted(DOCS.glob("*.zh.md")), ids=lambda p: p.name)
+def test_chinese_pages_are_clean_utf8(page: Path) -> None:
+    raw = page.read_bytes()
+    text = raw.decode("utf-8")  # raises on invalid UTF-8
+    assert not raw.startswith(b"\xef\xbb\xbf"), "no BOM"
+    assert "\ufffd" not in text, "replacement characters: text was mangled on the way"
+    bad = [c for c in text if ord(c) < 32 and c not in "\n\t"]
+    assert not bad, f"control characters {bad!r}"
+    han = sum(1 for c in text if "\u4e00" <= c <= "\u9fff")
+    assert han > 200, "a Chinese page should be mostly Chinese"
+    english = page.with_name(page.name.replace(".zh.md", ".md"))
+    assert english.exists(), f"{page.name} translates {english.name}, which is missing"
+    # Same code: the translation includes exactly the snippets the English page does.
+    includes = re.compile(r"--8<--\s+\S+")
+    assert includes.findall(text) == includes.findall(english.read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------- 2. build
+
+
+def test_mkdocs_build_strict_has_the_chinese_site(tmp_path: Path) -> None:
+    mkdocs = Path(sys.executable).with_name("mkdocs")
+    site = tmp_path / "site"
+    result = subprocess.run(
+        [str(mkdocs), "build", "--strict", "--site-dir", str(site)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log
+    assert "WARNING" not in log, log
+    for page in ("websockets", "sse"):
+        zh = site / "zh" / page / "index.html"
+        assert zh.is_file(), f"missing {zh}"
+        html = zh.read_text(encoding="utf-8")
+        assert 'lang="zh"' in html
+        assert sum(1 for c in html if "\u4e00" <= c <= "\u9fff") > 200
+    en = (site / "websockets" / "index.html").read_text(encoding="utf-8")
+    assert 'hreflang="zh"' in en, "no language switch on the English page"
+    # The snippets were expanded: real code, not the include line, is on the page.
+    assert "--8&lt;--" not in en and "--8<--" not in en
+    assert "peer.wait_for_drain" in en
+    assert (site / "reference" / "index.html").read_text(encoding="utf-8").count("h3_fastapi")
+
+
+# ---------------------------------------------------------------- 3. examples import
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.py")), ids=lambda p: p.name)
+def test_example_is_importable(path: Path) -> None:
+    module = example(path.stem)
+    assert module.__name__.endswith(path.stem)
+
+
+# ---------------------------------------------------------------- 4. getting started
+
+
+async def test_getting_started_chat(live_server: Any) -> None:
+    server = live_server(example("getting_started").app)
+    async with websockets.connect(server.ws_url + "/_ws") as a:
+        assert (await recv(a)).startswith("Welcome!")
+        async with websockets.connect(server.ws_url + "/_ws") as b:
+            assert (await recv(b)).startswith("Welcome!")
+            await a.send("hello")
+            assert await recv(a) == "[you] hello"
+            line = await recv(b)
+            assert re.fullmatch(r"\[[0-9a-f]{8}\] hello", line), line
+
+
+async def test_getting_started_h3_style(live_server: Any) -> None:
+    server = live_server(example("getting_started_h3").app)
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        page = await client.get("/")
+        assert page.status_code == 200 and "WebSocket" in page.text
+        assert (await client.get("/_ws")).status_code == 426
+    async with websockets.connect(server.ws_url + "/_ws") as ws:
+        assert await recv(ws) == "Welcome!"
+        await ws.send("echo me")
+        assert await recv(ws) == "echo me"
+
+
+# ---------------------------------------------------------------- 5. WebSockets guide
+
+
+async def test_ws_routes_every_way_in(live_server: Any) -> None:
+    server = live_server(example("ws_routes").app)
+    ws_url = server.ws_url
+    async with websockets.connect(ws_url + "/echo") as ws:
+        await ws.send("hi")
+        assert await recv(ws) == "hi"
+    async with websockets.connect(ws_url + "/shout") as ws:
+        await ws.send("hi")
+        assert await recv(ws) == "HI"
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        assert (await client.get("/echo")).status_code == 426
+        assert (await client.get("/status")).json() == {"online": 0}
+        async with websockets.connect(ws_url + "/status") as ws:
+            assert await recv(ws) == "connected"
+            assert (await client.get("/status")).json() == {"online": 1}
+    async with websockets.connect(ws_url + "/hello/ada") as ws:
+        assert await recv(ws) == "Hello, ada!"
+    async with websockets.connect(ws_url + "/inside") as ws:
+        await ws.send("through my endpoint")
+        assert await recv(ws) == "through my endpoint"
+
+
+async def test_ws_hooks_all_five(live_server: Any, watch_log: Any) -> None:
+    log = watch_log("chat")
+    server = live_server(example("ws_hooks").app)
+    async with websockets.connect(server.ws_url + "/_ws") as ws:
+        assert ws.response.headers["x-powered-by"] == "h3-fastapi"
+        assert await recv(ws) == "Welcome!"
+        log.wait_for(r"^upgrading http://127\.0\.0\.1:\d+/_ws$")
+        peer_id = log.wait_for(r"^open ").split()[1]
+        await ws.send("hi")
+        assert await recv(ws) == "You said: hi"
+        await ws.close()
+    log.wait_for(rf"^close {peer_id} code=1000 reason=''$")
+
+    async with websockets.connect(server.ws_url + "/_ws") as ws:
+        assert await recv(ws) == "Welcome!"
+        await ws.send("boom")
+        assert await closed_with(ws) == 1011
+    line = log.wait_for(r"^error .*RuntimeError\('this hook failed'\)")
+    assert "message hook raised RuntimeError" in line
+    log.wait_for(r"code=1011 reason='Internal Error'")
+
+
+async def test_ws_peers_rooms_and_context(live_server: Any) -> None:
+    server = live_server(example("ws_peers").app)
+    url = server.ws_url + "/rooms"
+    async with websockets.connect(url + "/blue?name=ada") as ada:
+        first = await recv_json(ada)
+        assert first["room"] == "/rooms/blue" and first["online"] == ["ada"]
+        async with websockets.connect(url + "/blue?name=bob") as bob:
+            assert (await recv_json(bob))["online"] == ["ada", "bob"]
+            async with websockets.connect(url + "/green?name=cy") as cy:
+                assert (await recv_json(cy))["online"] == ["cy"]  # another room
+                await bob.send("hi ada")
+                assert await recv_json(ada) == {"from": "bob", "text": "hi ada"}
+                await cy.send("anyone?")  # alone in green: nobody gets it
+                await ada.send("hi bob")
+                assert await recv_json(bob) == {"from": "ada", "text": "hi bob"}
+
+
+async def test_ws_pubsub_from_peers_threads_and_module(live_server: Any) -> None:
+    server = live_server(example("ws_pubsub").app)
+    async with (
+        websockets.connect(server.ws_url + "/news") as a,
+        websockets.connect(server.ws_url + "/news") as b,
+        httpx.AsyncClient(base_url=server.url) as client,
+    ):
+        # A sync open hook runs before the server reads anything from the client,
+        # so both peers are subscribed once their handshakes are done.
+        await a.send("from a")
+        assert await recv(b) == "from a"
+        response = await client.post("/headlines", params={"text": "from a thread"})
+        assert response.json() == {"sent": "from a thread"}
+        assert await recv(a) == "from a thread"
+        assert await recv(b) == "from a thread"
+        await client.post("/alerts", params={"text": "storm"})
+        assert await recv_json(a) == {"alert": "storm"}
+        assert await recv_json(b) == {"alert": "storm"}
+        # the sender did not get its own publish: the next thing a sees is b's
+        await b.send("from b")
+        assert await recv(a) == "from b"
+
+
+async def test_ws_auth_in_upgrade(live_server: Any) -> None:
+    server = live_server(example("ws_auth").app)
+    url = server.ws_url + "/private"
+    denied = await rejected(url)
+    assert denied.response.status_code == 401
+    assert denied.response.headers["www-authenticate"] == "Bearer"
+    assert (await rejected(url + "?token=wrong")).response.status_code == 401
+    forbidden = await rejected(url + "?token=bob-token&room=admins")
+    assert forbidden.response.status_code == 403
+    assert forbidden.response.body == b"Admins only"
+    async with websockets.connect(url + "?token=alice-token&room=admins") as ws:
+        assert await recv(ws) == "Hello, alice! You are in admins."
+    headers = {"cookie": "token=bob-token"}
+    async with websockets.connect(url, additional_headers=headers) as ws:
+        assert await recv(ws) == "Hello, bob! You are in lobby."
+
+    internal = server.ws_url + "/internal"
+    assert (await rejected(internal)).response.status_code == 403
+    async with websockets.connect(internal, additional_headers={"x-api-key": "s3cret"}) as ws:
+        assert await recv(ws) == "internal feed"
+
+
+async def test_ws_subprotocols(live_server: Any) -> None:
+    server = live_server(example("ws_subprotocols").app)
+    url = server.ws_url + "/chat"
+    async with websockets.connect(url, subprotocols=["chat.v1", "chat.v2"]) as ws:
+        assert ws.subprotocol == "chat.v2"  # the server's preference wins
+        await ws.send("hi")
+        assert await recv_json(ws) == {"text": "hi"}
+    async with websockets.connect(url, subprotocols=["chat.v1"]) as ws:
+        assert ws.subprotocol == "chat.v1"
+        await ws.send("hi")
+        assert await recv(ws) == "hi"
+    assert (await rejected(url, subprotocols=["mqtt"])).response.status_code == 400
+    assert (await rejected(url)).response.status_code == 400
+
+
+async def test_ws_binary(live_server: Any) -> None:
+    server = live_server(example("ws_binary").app)
+    async with websockets.connect(server.ws_url + "/files") as ws:
+        await ws.send(b"\xff\x00" * 1000)
+        reply = await recv_json(ws)
+        assert reply["size"] == 2000 and len(reply["sha256"]) == 64
+        await ws.send(json.dumps({"want": "bytes", "times": 2}))
+        data = await recv(ws)
+        assert isinstance(data, bytes) and data == bytes(range(256)) * 2
+        await ws.send("not json")  # ValueError in the hook -> closed 1011
+        assert await closed_with(ws) == 1011
+
+
+async def test_ws_backpressure_download_completes(live_server: Any) -> None:
+    server = live_server(example("ws_backpressure").app)
+    async with websockets.connect(server.ws_url + "/download", max_size=None) as ws:
+        await ws.send("48")  # 3 MiB: more than the 1 MiB high-water mark
+        received = 0
+        while (frame := await recv(ws)) != "done":
+            received += len(frame)
+        assert received == 48 * 64 * 1024
+
+
+async def test_ws_backpressure_slow_reader_is_closed_1013(live_server: Any) -> None:
+    module = example("ws_backpressure")
+    server = live_server(module.app)
+    async with websockets.connect(server.ws_url + "/feed", max_queue=1) as slow:
+        # The server thread wrote the 101 and runs the (sync) open hook in the same
+        # loop step; a call on its loop runs after that step, so the peer is subscribed.
+        assert server.call(lambda: len(module.feed.peers["/feed"])) == 1
+        for _ in range(240):  # 15 MiB while the client reads nothing
+            module.feed.publish("feed", b"\0" * 64 * 1024)
+        assert await closed_with(slow) == 1013
+
+
+async def test_ws_limits(live_server: Any) -> None:
+    module = example("ws_limits")
+    server = live_server(module.app)
+    url = server.ws_url + "/limited"
+    assert (await rejected(url, origin="https://evil.example")).response.status_code == 403
+    async with websockets.connect(url, origin="https://example.com") as ws:
+        await ws.send("é")
+        assert await recv(ws) == "2 bytes"
+        await ws.send("x" * (64 * 1024 + 1))
+        assert await closed_with(ws) == 1009
+    async with websockets.connect(url) as ws:  # no Origin: not a browser, allowed
+        await ws.send("ok")
+        assert await recv(ws) == "2 bytes"
+    module.limited.max_peers = 1  # the example allows 10,000; check the rule with 1
+    try:
+        async with websockets.connect(url) as first:
+            await first.send("x")
+            await recv(first)
+            assert (await rejected(url)).response.status_code == 503
+    finally:
+        module.limited.max_peers = 10_000
