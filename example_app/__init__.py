@@ -12,7 +12,7 @@ __all__ = ["app"]
 def __getattr__(name: str) -> Any:
     # Imported on first use so that running one seed module does not load the others.
     if name == "app":
-        from .app import app
+        from .routes import app
 
         return app
     raise AttributeError(name)

@@ -27,6 +27,8 @@ async def page() -> str:
 @router.get("/clock/events")
 @event_stream
 async def ticks(request: Request) -> AsyncIterator[EventStreamMessage]:
+    second = int(time.time())
     while True:
-        yield EventStreamMessage(time.strftime("%H:%M:%S"), event="tick")
-        await asyncio.sleep(1 - time.time() % 1)  # wake up on the next full second
+        yield EventStreamMessage(time.strftime("%H:%M:%S", time.localtime(second)), event="tick")
+        second += 1
+        await asyncio.sleep(second - time.time())  # wake up on the next full second
