@@ -1,0 +1,432 @@
+"""Processes of a benchmark: servers pinned to one core, load generators to the other.
+
+A server is started with ``taskset -c 0`` (uvicorn with the same settings for
+every Python server, or ``node`` for the h3 anchors) and polled until it
+accepts connections. A load generator (``bench/load/*.mjs``) runs with
+``taskset -c 1`` and reports JSON lines; around its measured window the
+harness samples the server's CPU time and both cores' busy time, so every
+result says whether the server (and not the load) was the bottleneck.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import resource
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+NODE_DIR = BENCH / "node"
+LOAD_DIR = BENCH / "load"
+RESULTS = BENCH / "results"
+
+SERVER_CORE = 0
+LOAD_CORE = 1
+
+# The same uvicorn settings for every Python server (what ``auto`` picks when
+# uvloop, httptools and websockets are installed, spelled out). uvicorn offers
+# permessage-deflate by default; the load generators never negotiate it.
+UVICORN_ARGS = (
+    "--host",
+    "127.0.0.1",
+    "--loop",
+    "uvloop",
+    "--http",
+    "httptools",
+    "--ws",
+    "websockets-sansio",
+    "--log-level",
+    "warning",
+    "--no-access-log",
+    "--backlog",
+    "4096",
+    "--timeout-graceful-shutdown",
+    "2",
+)
+
+
+class BenchError(RuntimeError):
+    """A benchmark step failed (server did not start, load generator errored)."""
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """How to start one server: a uvicorn ``module:app`` or a Node script in ``bench/node``."""
+
+    kind: str  # "python" | "node"
+    target: str
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    core: int = SERVER_CORE
+
+    def command(self, port: int) -> list[str]:
+        pin = ["taskset", "-c", str(self.core)]
+        if self.kind == "python":
+            return [
+                *pin,
+                sys.executable,
+                "-m",
+                "uvicorn",
+                self.target,
+                *UVICORN_ARGS,
+                "--port",
+                str(port),
+                *self.args,
+            ]
+        script = self.target if "/" in self.target else str(NODE_DIR / self.target)
+        return [*pin, "node", script, str(port), *self.args]
+
+
+def _raise_nofile() -> None:
+    """Children may hold 10,000 sockets: lift the soft open-files limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def nofile_limit() -> int:
+    """The open-files limit children get (the hard limit)."""
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _status_kib(pid: int, key: str) -> int:
+    """A ``VmRSS``/``VmHWM`` line of ``/proc/<pid>/status``, in KiB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise BenchError(f"{key} not in /proc/{pid}/status")
+
+
+@dataclass
+class Server:
+    """A started server process."""
+
+    spec: ServerSpec
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Any
+    ps: psutil.Process = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ps = psutil.Process(self.process.pid)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def url(self, path: str, scheme: str = "http") -> str:
+        return f"{scheme}://127.0.0.1:{self.port}{path}"
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds of the server (all its threads)."""
+        times = self.ps.cpu_times()
+        return float(times.user + times.system)
+
+    def rss_kib(self) -> int:
+        return _status_kib(self.pid, "VmRSS")
+
+    def peak_rss_kib(self) -> int:
+        """Peak resident set size since the process started (``VmHWM``)."""
+        return _status_kib(self.pid, "VmHWM")
+
+    def log_tail(self, lines: int = 20) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        text: str = self.log.read().decode(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def _wait_listening(server: Server, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            code = server.process.returncode
+            raise BenchError(f"{server.spec.target} exited with {code}:\n{server.log_tail()}")
+        try:
+            socket.create_connection(("127.0.0.1", server.port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise BenchError(f"{server.spec.target} did not listen within {timeout}s:\n{server.log_tail()}")
+
+
+def _stop(process: subprocess.Popen[bytes], grace: float = 3.0) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
+@contextlib.contextmanager
+def serve(spec: ServerSpec, *, env: dict[str, str] | None = None) -> Iterator[Server]:
+    """Start ``spec`` on a free port, yield it once it listens, stop it afterwards."""
+    port = free_port()
+    log = tempfile.TemporaryFile()
+    process_env = {**os.environ, **dict(spec.env), **(env or {})}
+    process_env["PYTHONPATH"] = str(ROOT)
+    process = subprocess.Popen(
+        spec.command(port),
+        cwd=ROOT,
+        env=process_env,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=_raise_nofile,
+    )
+    server = Server(spec, port, process, log)
+    try:
+        _wait_listening(server, 30)
+        yield server
+    finally:
+        _stop(process)
+        log.close()
+
+
+def _core_busy(before: Any, after: Any) -> float:
+    """Percent of the interval a core was busy (not idle/iowait)."""
+    busy = 0.0
+    total = 0.0
+    for name in before._fields:
+        delta = getattr(after, name) - getattr(before, name)
+        total += delta
+        if name not in ("idle", "iowait", "guest", "guest_nice"):
+            busy += delta
+    return 100.0 * busy / total if total > 0 else 0.0
+
+
+@dataclass
+class Profiler:
+    """py-spy sampling the server during the measured window (diagnosis runs only)."""
+
+    output: Path
+    rate: int = 250
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self, pid: int) -> None:
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        command = ["taskset", "-c", str(LOAD_CORE), py_spy, "record", "--nonblocking"]
+        command += ["--pid", str(pid), "--rate", str(self.rate), "--format", "speedscope"]
+        command += ["--output", str(self.output), "--duration", "120"]
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT
+        )
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def run_load(
+    script: str,
+    args: dict[str, Any],
+    server: Server | None,
+    *,
+    timeout: float,
+    on_event: Callable[[dict[str, Any], Any], None] | None = None,
+    profiler: Profiler | None = None,
+) -> dict[str, Any]:
+    """Run ``bench/load/<script>`` pinned to the load core; return its result.
+
+    Adds ``server_cpu_pct`` (server CPU over the window, percent of one core)
+    and ``core0_busy_pct``/``core1_busy_pct`` (whole-core busy time, which
+    shows other processes competing). ``on_event`` gets any other event line
+    with the process's stdin (the idle workload uses it).
+    """
+    args = {**args, "timeout": timeout}
+    command = ["taskset", "-c", str(LOAD_CORE), "node", str(LOAD_DIR / script), json.dumps(args)]
+    stderr = tempfile.TemporaryFile()
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        preexec_fn=_raise_nofile,
+    )
+    assert process.stdout is not None
+    selector = selectors.DefaultSelector()
+    selector.register(process.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout + 15
+    buffer = b""
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    marks: dict[str, tuple[float, Any, float]] = {}
+    try:
+        while result is None and error is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                error = f"{script} gave no result within {timeout + 15:.0f}s"
+                break
+            if not selector.select(min(remaining, 1.0)):
+                if process.poll() is not None:
+                    break
+                continue
+            chunk = os.read(process.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                if not line.strip():
+                    continue
+                message = json.loads(line)
+                event = message.get("event")
+                if event in ("window_start", "window_end"):
+                    cpu = server.cpu_seconds() if server else 0.0
+                    marks[event] = (time.monotonic(), psutil.cpu_times(percpu=True), cpu)
+                    if profiler is not None and server is not None:
+                        if event == "window_start":
+                            profiler.start(server.pid)
+                        else:
+                            profiler.stop()
+                elif event is not None:
+                    if on_event is not None:
+                        on_event(message, process.stdin)
+                elif "error" in message:
+                    error = str(message["error"])
+                    if "example" in message:
+                        error += f" (e.g. {message['example']})"
+                elif "result" in message:
+                    result = message["result"]
+    finally:
+        selector.close()
+        if profiler is not None:
+            profiler.stop()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        stderr.seek(0)
+        stderr_text = stderr.read().decode(errors="replace")
+        stderr.close()
+    if result is None:
+        detail = error or f"{script} exited with {process.returncode} and no result"
+        raise BenchError(f"{detail}\n{stderr_text[-2000:]}")
+    if "window_start" in marks and "window_end" in marks:
+        t0, cores0, cpu0 = marks["window_start"]
+        t1, cores1, cpu1 = marks["window_end"]
+        elapsed = t1 - t0
+        if server is not None and elapsed > 0:
+            result["server_cpu_pct"] = 100.0 * (cpu1 - cpu0) / elapsed
+        for core in (SERVER_CORE, LOAD_CORE):
+            if core < len(cores0):
+                result[f"core{core}_busy_pct"] = _core_busy(cores0[core], cores1[core])
+    return result
+
+
+def _run(command: list[str]) -> str:
+    try:
+        return subprocess.run(
+            command, capture_output=True, text=True, timeout=20, check=False
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ["h3-fastapi", "uvicorn", "starlette", "fastapi", "httpx", "httpcore"]
+    names += ["sse-starlette", "websockets", "uvloop", "httptools"]
+    found: dict[str, str] = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    for name in ("h3", "crossws", "srvx", "ws"):
+        package = NODE_DIR / "node_modules" / name / "package.json"
+        if package.exists():
+            found[f"npm:{name}"] = json.loads(package.read_text())["version"]
+    return found
+
+
+def machine_info() -> dict[str, Any]:
+    """What the numbers were measured on, and how busy the machine was."""
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "node": _run(["node", "--version"]),
+        "versions": _versions(),
+        "git_commit": _run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
+        "git_dirty": bool(_run(["git", "-C", str(ROOT), "status", "--porcelain", "h3_fastapi"])),
+        "server_core": SERVER_CORE,
+        "load_core": LOAD_CORE,
+        "uvicorn_args": list(UVICORN_ARGS),
+        "nofile_limit": nofile_limit(),
+    }
+
+
+def load_snapshot() -> dict[str, Any]:
+    """``uptime`` and the load averages right now."""
+    return {
+        "uptime": _run(["uptime"]),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def ensure_node() -> None:
+    """The load generators need ``node`` and ``bench/node/node_modules`` (``npm ci``)."""
+    if shutil.which("node") is None:
+        raise BenchError(
+            "node (>= 18) is needed for the load generators and the h3 anchors: "
+            "install it (apt-get install nodejs npm) and run again"
+        )
+    if not (NODE_DIR / "node_modules" / "ws").exists():
+        print("bench: installing bench/node packages (npm ci)", flush=True)
+        subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=NODE_DIR,
+            check=True,
+            timeout=300,
+        )

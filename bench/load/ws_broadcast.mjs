@@ -1,0 +1,62 @@
+// Broadcast: S subscribers on URL, one publisher on URL?pub=1 sends M
+// messages back to back; the server relays each to every subscriber. The
+// window runs from the first send until every subscriber has all M
+// messages. Usage: node ws_broadcast.mjs '{"url": "ws://.../broadcast"}'
+import { closeAll, connectAll, emit, fail, sleep, start, window, WebSocket } from "./common.mjs";
+
+const args = start({ url: "", subscribers: 1000, messages: 100, warmup: 10, timeout: 120 });
+const filler = "b".repeat(48);
+let phase = "w";
+let expected = 0;
+let complete = 0;
+let outOfOrder = 0;
+let onComplete = null;
+const got = new Int32Array(args.subscribers);
+
+const sockets = await connectAll(args.url, args.subscribers, 200, (i, _ws, data) => {
+  const text = data.toString();
+  if (text[0] !== phase) return;
+  const seq = Number(text.slice(1, text.indexOf(":")));
+  if (seq !== got[i]) outOfOrder++;
+  got[i] = seq + 1;
+  if (got[i] === expected && ++complete === args.subscribers) onComplete?.();
+});
+const publisher = await new Promise((resolve, reject) => {
+  const ws = new WebSocket(`${args.url}?pub=1`, { perMessageDeflate: false });
+  ws.once("open", () => resolve(ws));
+  ws.once("error", reject);
+});
+await sleep(200); // let the server finish the subscriptions
+
+async function burst(tag, count, timeoutMs) {
+  phase = tag;
+  expected = count;
+  complete = 0;
+  got.fill(0);
+  const done = new Promise((resolve) => (onComplete = resolve));
+  for (let i = 0; i < count; i++) publisher.send(`${tag}${i}:${filler}`);
+  const ok = await Promise.race([done.then(() => true), sleep(timeoutMs).then(() => false)]);
+  if (!ok) {
+    const delivered = got.reduce((a, b) => a + b, 0);
+    fail(`burst ${tag}: ${delivered} of ${count * args.subscribers} delivered in time`);
+  }
+}
+
+await burst("w", args.warmup, 30000);
+const measured = window();
+await burst("m", args.messages, (args.timeout - 10) * 1000);
+const stats = measured.stop();
+const deliveries = args.messages * args.subscribers;
+await closeAll([publisher, ...sockets]);
+emit({
+  result: {
+    ...stats,
+    value: deliveries / stats.seconds,
+    unit: "deliveries/s",
+    deliveries,
+    out_of_order: outOfOrder,
+    subscribers: args.subscribers,
+    messages: args.messages,
+  },
+});
+process.exit(0);

@@ -1,0 +1,1 @@
+"""The Python servers under test, one module per workload family (run by uvicorn)."""

@@ -1,0 +1,107 @@
+"""WebSocket servers under test: the same routes in h3-fastapi, raw Starlette and FastAPI.
+
+``/echo`` sends every text message back (idle connections for the memory
+workload use it too). ``/broadcast`` subscribes the connection; with
+``?pub=1`` it relays what it receives to every subscriber instead.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from h3_fastapi import H3Router, Message, Peer
+
+# --- h3-fastapi: hooks classes, registered the documented way ---------------
+
+
+class Echo:
+    """The echo of the spec's first example."""
+
+    async def message(self, peer: Peer, message: Message) -> None:
+        await peer.send(message.text())
+
+
+class Broadcast:
+    """Subscribers join ``bench``; the publisher's messages go to all of them."""
+
+    def open(self, peer: Peer) -> None:
+        if peer.request.query_params.get("pub") != "1":
+            peer.subscribe("bench")
+
+    def message(self, peer: Peer, message: Message) -> None:
+        peer.publish("bench", message.text())
+
+
+h3_router = H3Router()
+h3_router.ws("/echo", Echo)
+h3_router.ws("/broadcast", Broadcast)
+
+h3 = FastAPI()
+h3.include_router(h3_router)
+
+
+# --- raw Starlette ------------------------------------------------------------
+
+
+async def starlette_echo(websocket: WebSocket) -> None:
+    """Receive a text message, send it back, until the client leaves."""
+    await websocket.accept()
+    try:
+        while True:
+            await websocket.send_text(await websocket.receive_text())
+    except WebSocketDisconnect:
+        pass
+
+
+sockets: set[WebSocket] = set()
+
+
+async def starlette_broadcast(websocket: WebSocket) -> None:
+    """The usual loop: ``for ws in sockets: await ws.send_text(m)``."""
+    await websocket.accept()
+    if websocket.query_params.get("pub") == "1":
+        try:
+            while True:
+                m = await websocket.receive_text()
+                for ws in tuple(sockets):  # a copy: a subscriber may leave mid-loop
+                    try:
+                        await ws.send_text(m)
+                    except Exception:
+                        sockets.discard(ws)
+        except WebSocketDisconnect:
+            return
+    sockets.add(websocket)
+    try:
+        while True:
+            await websocket.receive_text()
+    except WebSocketDisconnect:
+        pass
+    finally:
+        sockets.discard(websocket)
+
+
+starlette = Starlette(
+    routes=[
+        WebSocketRoute("/echo", starlette_echo),
+        WebSocketRoute("/broadcast", starlette_broadcast),
+    ]
+)
+
+
+# --- FastAPI @app.websocket -----------------------------------------------------
+
+fastapi = FastAPI()
+
+
+@fastapi.websocket("/echo")
+async def fastapi_echo(websocket: WebSocket) -> None:
+    """The FastAPI tutorial's echo endpoint."""
+    await websocket.accept()
+    try:
+        while True:
+            await websocket.send_text(await websocket.receive_text())
+    except WebSocketDisconnect:
+        pass

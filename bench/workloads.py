@@ -1,0 +1,472 @@
+"""The five workloads, their variants (this library and its anchors) and targets.
+
+Each measurement starts a fresh server for one variant, runs one load
+generator against it and returns the load generator's result plus the
+server's CPU and memory. ``value`` is the headline number of a sample.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .harness import LOAD_CORE, LOAD_DIR, NODE_DIR, ServerSpec, run_load, serve
+
+WS_APPS = "bench.servers.websocket_apps"
+SSE_APP = "bench.servers.sse_apps:app"
+PROXY_APP = "bench.servers.proxy_apps:app"
+
+
+def _node_anchors() -> bool:
+    return (NODE_DIR / "node_modules" / "h3").exists()
+
+
+def _h3_event_stream() -> bool:
+    from h3_fastapi import event_stream
+
+    return hasattr(event_stream.EventStream, "push")
+
+
+def _h3_proxy() -> bool:
+    import inspect
+
+    from h3_fastapi import proxy
+
+    source = inspect.getsource(proxy.proxy)
+    return "NotImplementedError" not in source
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One implementation under test: a server and the route it serves the workload on."""
+
+    key: str
+    label: str
+    server: ServerSpec | None
+    path: str
+    available: Callable[[], bool] = lambda: True
+
+
+@dataclass(frozen=True)
+class Case:
+    """One size of a workload (``10 streams``, ``1 KiB``...) and its load arguments."""
+
+    key: str
+    args: dict[str, Any]
+    quick_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A goal from issue 7, checked on the medians of one run of the bench.
+
+    ``kind="ratio"``: ``variant / anchor`` of ``metric`` compared with ``bound``.
+    ``kind="difference"``: ``variant - anchor`` (KiB per idle peer).
+    """
+
+    text: str
+    case: str
+    variant: str
+    anchor: str
+    bound: float
+    op: str = ">="
+    metric: str = "value"
+    kind: str = "ratio"
+
+
+@dataclass
+class Settings:
+    """Durations and sizes for one invocation (``--quick`` shortens them)."""
+
+    quick: bool = False
+    profile: str | None = None
+
+    @property
+    def warmup(self) -> float:
+        return 0.5 if self.quick else 1.0
+
+    @property
+    def seconds(self) -> float:
+        return 1.5 if self.quick else 3.0
+
+
+@dataclass
+class Workload:
+    """A workload: what to measure, on which variants, against which targets."""
+
+    key: str
+    title: str
+    unit: str
+    higher_is_better: bool
+    variants: list[Variant]
+    cases: list[Case]
+    targets: list[Target]
+    measure: Callable[[Workload, Variant, Case, Settings, dict[str, Any]], dict[str, Any]]
+    describe: str = ""
+    context: Callable[[], contextlib.AbstractContextManager[dict[str, Any]]] = lambda: (
+        contextlib.nullcontext({})
+    )
+
+    def case_args(self, case: Case, settings: Settings) -> dict[str, Any]:
+        return {**case.args, **(case.quick_args if settings.quick else {})}
+
+
+def _profiler(settings: Settings, workload: Workload, variant: Variant, case: Case) -> Any:
+    if settings.profile is None or variant.server is None or variant.server.kind != "python":
+        return None
+    if settings.profile not in (variant.key, "all"):
+        return None
+    from .harness import RESULTS, Profiler
+
+    name = f"{workload.key}-{case.key}-{variant.key}".replace(" ", "_")
+    return Profiler(RESULTS / "profiles" / f"{name}.speedscope.json")
+
+
+# --- 1. WebSocket echo -------------------------------------------------------------
+
+
+def _measure_echo(
+    workload: Workload, variant: Variant, case: Case, settings: Settings, ctx: dict[str, Any]
+) -> dict[str, Any]:
+    assert variant.server is not None
+    args = workload.case_args(case, settings)
+    with serve(variant.server) as server:
+        load = {"url": server.url(variant.path, "ws"), "warmup": settings.warmup}
+        load["seconds"] = settings.seconds
+        return run_load(
+            "ws_echo.mjs",
+            {**load, **args},
+            server,
+            timeout=60,
+            profiler=_profiler(settings, workload, variant, case),
+        )
+
+
+def _ws_variants(
+    with_fastapi: bool = True, starlette_label: str = "raw Starlette"
+) -> list[Variant]:
+    variants = [
+        Variant("h3-fastapi", "h3-fastapi", ServerSpec("python", f"{WS_APPS}:h3"), ""),
+        Variant("starlette", starlette_label, ServerSpec("python", f"{WS_APPS}:starlette"), ""),
+    ]
+    if with_fastapi:
+        variants.append(
+            Variant(
+                "fastapi", "FastAPI @app.websocket", ServerSpec("python", f"{WS_APPS}:fastapi"), ""
+            )
+        )
+    variants.append(
+        Variant(
+            "node-h3",
+            "h3 v2 + crossws (Node)",
+            ServerSpec("node", "ws_server.mjs"),
+            "",
+            _node_anchors,
+        )
+    )
+    return variants
+
+
+def _with_path(variants: list[Variant], path: str) -> list[Variant]:
+    return [Variant(v.key, v.label, v.server, path, v.available) for v in variants]
+
+
+ECHO = Workload(
+    key="echo",
+    title="WebSocket echo, 100 connections ping-pong",
+    unit="messages/s",
+    higher_is_better=True,
+    variants=_with_path(_ws_variants(), "/echo"),
+    cases=[Case("100 connections", {"connections": 100, "size": 32})],
+    targets=[
+        Target("echo >= 0.95x raw Starlette", "100 connections", "h3-fastapi", "starlette", 0.95)
+    ],
+    measure=_measure_echo,
+    describe=(
+        "100 clients each send a 32-byte text message and send the next one when the echo"
+        " arrives; round trips per second over the window."
+    ),
+)
+
+
+# --- 2. Broadcast ---------------------------------------------------------------------
+
+
+def _measure_broadcast(
+    workload: Workload, variant: Variant, case: Case, settings: Settings, ctx: dict[str, Any]
+) -> dict[str, Any]:
+    assert variant.server is not None
+    args = workload.case_args(case, settings)
+    with serve(variant.server) as server:
+        return run_load(
+            "ws_broadcast.mjs",
+            {"url": server.url(variant.path, "ws"), **args},
+            server,
+            timeout=120,
+            profiler=_profiler(settings, workload, variant, case),
+        )
+
+
+BROADCAST = Workload(
+    key="broadcast",
+    title="Broadcast, 1,000 subscribers x 100 messages",
+    unit="deliveries/s",
+    higher_is_better=True,
+    variants=_with_path(
+        _ws_variants(with_fastapi=False, starlette_label="Starlette loop over a set"),
+        "/broadcast",
+    ),
+    cases=[Case("1000 x 100", {"subscribers": 1000, "messages": 100, "warmup": 10})],
+    targets=[
+        Target("broadcast >= 1.2x the Starlette loop", "1000 x 100", "h3-fastapi", "starlette", 1.2)
+    ],
+    measure=_measure_broadcast,
+    describe=(
+        "1,000 subscribers; a publisher connection sends 100 messages back to back and the"
+        " server relays each to every subscriber (h3-fastapi `peer.publish`, crossws"
+        " `peer.publish`, Starlette `for ws in sockets: await ws.send_text(m)`)."
+        " Deliveries per second from the first send until every subscriber has all 100."
+    ),
+)
+
+
+# --- 3. SSE -----------------------------------------------------------------------------
+
+
+def _measure_sse(
+    workload: Workload, variant: Variant, case: Case, settings: Settings, ctx: dict[str, Any]
+) -> dict[str, Any]:
+    assert variant.server is not None
+    args = workload.case_args(case, settings)
+    with serve(variant.server) as server:
+        return run_load(
+            "sse_load.mjs",
+            {"url": server.url(variant.path), **args},
+            server,
+            timeout=120,
+            profiler=_profiler(settings, workload, variant, case),
+        )
+
+
+SSE = Workload(
+    key="sse",
+    title="Server-Sent Events, 10 and 100 streams",
+    unit="events/s",
+    higher_is_better=True,
+    variants=[
+        Variant(
+            "h3-fastapi",
+            "h3-fastapi EventStream",
+            ServerSpec("python", SSE_APP),
+            "/h3",
+            _h3_event_stream,
+        ),
+        Variant("sse-starlette", "sse-starlette", ServerSpec("python", SSE_APP), "/sse-starlette"),
+        Variant("raw", "raw StreamingResponse", ServerSpec("python", SSE_APP), "/raw"),
+        Variant(
+            "node-h3",
+            "h3 v2 createEventStream (Node)",
+            ServerSpec("node", "sse_server.mjs"),
+            "/sse",
+            _node_anchors,
+        ),
+    ],
+    cases=[
+        Case("10 streams", {"streams": 10, "events": 20000}, {"events": 5000}),
+        Case("100 streams", {"streams": 100, "events": 2000}, {"events": 500}),
+    ],
+    targets=[
+        Target("SSE (10) >= 1.5x sse-starlette", "10 streams", "h3-fastapi", "sse-starlette", 1.5),
+        Target(
+            "SSE (100) >= 1.5x sse-starlette", "100 streams", "h3-fastapi", "sse-starlette", 1.5
+        ),
+        Target("SSE (10) >= 1.0x raw StreamingResponse", "10 streams", "h3-fastapi", "raw", 1.0),
+        Target("SSE (100) >= 1.0x raw StreamingResponse", "100 streams", "h3-fastapi", "raw", 1.0),
+    ],
+    measure=_measure_sse,
+    describe=(
+        "Every stream gets N events of a 64-byte payload, handed over one at a time"
+        " (an `await` per event), then the response ends. Events per second from the first"
+        " request until every stream has ended."
+    ),
+)
+
+
+# --- 4. Proxy ---------------------------------------------------------------------------
+
+UPSTREAM = ServerSpec("node", str(LOAD_DIR / "upstream.mjs"), core=LOAD_CORE)
+
+
+@contextlib.contextmanager
+def _proxy_context() -> Iterator[dict[str, Any]]:
+    """One upstream (plain node:http on the load core) for every proxy measurement."""
+    with serve(UPSTREAM) as upstream:
+        yield {"upstream": upstream}
+
+
+def _measure_proxy(
+    workload: Workload, variant: Variant, case: Case, settings: Settings, ctx: dict[str, Any]
+) -> dict[str, Any]:
+    upstream = ctx["upstream"]
+    args = workload.case_args(case, settings)
+    load = {"warmup": settings.warmup / 2, "seconds": settings.seconds * 2 / 3, **args}
+    if variant.server is None:  # direct to the upstream
+        load["url"] = upstream.url(variant.path)
+        return run_load("http_load.mjs", load, upstream, timeout=60)
+    spec = variant.server
+    if spec.kind == "node":
+        spec = ServerSpec(spec.kind, spec.target, (upstream.url(""),))
+    env = {"BENCH_UPSTREAM": upstream.url("")}
+    with serve(spec, env=env) as server:
+        base_rss = server.rss_kib()
+        load["url"] = server.url(variant.path)
+        result = run_load(
+            "http_load.mjs",
+            load,
+            server,
+            timeout=60,
+            profiler=_profiler(settings, workload, variant, case),
+        )
+        result["base_rss_mib"] = base_rss / 1024
+        result["peak_rss_mib"] = server.peak_rss_kib() / 1024
+        return result
+
+
+def _proxy_variant(key: str, label: str, prefix: str, **kw: Any) -> Variant:
+    return Variant(key, label, ServerSpec("python", PROXY_APP), f"/{prefix}/{{size}}", **kw)
+
+
+PROXY = Workload(
+    key="proxy",
+    title="Proxy, 1 KiB and 10 MiB bodies",
+    unit="requests/s",
+    higher_is_better=True,
+    variants=[
+        _proxy_variant("h3-fastapi", "h3-fastapi proxy()", "h3", available=_h3_proxy),
+        _proxy_variant("naive", "naive httpx client.stream", "naive"),
+        _proxy_variant("pooled", "httpx shared client, send(stream=True)", "pooled"),
+        Variant(
+            "node-h3",
+            "h3 v2 proxy() (Node)",
+            ServerSpec("node", "proxy_server.mjs"),
+            "/proxy/{size}",
+            _node_anchors,
+        ),
+        Variant("direct", "direct to upstream", None, "/{size}"),
+    ],
+    cases=[
+        Case("1 KiB", {"size": "small", "concurrency": 32, "expect_bytes": 1024}),
+        Case("10 MiB", {"size": "big", "concurrency": 4, "expect_bytes": 10 * 1024 * 1024}),
+    ],
+    targets=[
+        Target("proxy 1 KiB >= 4x naive httpx", "1 KiB", "h3-fastapi", "naive", 4.0),
+        Target("proxy 10 MiB >= 1.0x naive httpx (MiB/s)", "10 MiB", "h3-fastapi", "naive", 1.0),
+        Target(
+            "proxy 10 MiB peak RSS <= 1.0x naive httpx",
+            "10 MiB",
+            "h3-fastapi",
+            "naive",
+            1.0,
+            op="<=",
+            metric="peak_rss_mib",
+        ),
+    ],
+    measure=lambda w, v, c, s, ctx: _measure_proxy(
+        w, Variant(v.key, v.label, v.server, v.path.format(size=c.args["size"])), c, s, ctx
+    ),
+    describe=(
+        "32 keep-alive clients GET a 1 KiB body, or 4 clients GET a 10 MiB body, through"
+        " the proxy from a plain node:http upstream on the load core. Requests per second"
+        " (and MiB/s) over the window; peak RSS is the proxy process's VmHWM."
+    ),
+    context=_proxy_context,
+)
+
+
+# --- 5. Memory per idle WebSocket ----------------------------------------------------
+
+
+def _settled_rss(server: Any, limit: float = 6.0) -> int:
+    """RSS once it stops moving (two reads 0.5 s apart within 0.5%), at most ``limit`` s."""
+    time.sleep(1.0)
+    previous = server.rss_kib()
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        current = server.rss_kib()
+        if abs(current - previous) <= previous * 0.005:
+            return int(current)
+        previous = current
+    return int(previous)
+
+
+def _measure_memory(
+    workload: Workload, variant: Variant, case: Case, settings: Settings, ctx: dict[str, Any]
+) -> dict[str, Any]:
+    assert variant.server is not None
+    args = workload.case_args(case, settings)
+    connections = int(args["connections"])
+    seen: dict[str, int] = {}
+
+    def release(_message: dict[str, Any], stdin: Any) -> None:
+        stdin.write(b"close\n")
+        stdin.flush()
+
+    def measure_then_release(message: dict[str, Any], stdin: Any) -> None:
+        if message.get("event") == "ready":
+            seen["rss"] = _settled_rss(server)
+            release(message, stdin)
+
+    url_path = variant.path
+    with serve(variant.server) as server:
+        url = server.url(url_path, "ws")
+        # Warm up: the first connections load lazy imports and fill allocator pools.
+        run_load(
+            "ws_idle.mjs", {"url": url, "connections": 200}, server, timeout=60, on_event=release
+        )
+        base = _settled_rss(server)
+        result = run_load(
+            "ws_idle.mjs",
+            {"url": url, "connections": connections},
+            server,
+            timeout=240,
+            on_event=measure_then_release,
+        )
+    if "rss" not in seen:
+        raise RuntimeError("the idle load generator never reported ready")
+    result["base_rss_mib"] = base / 1024
+    result["rss_mib"] = seen["rss"] / 1024
+    result["value"] = (seen["rss"] - base) / connections
+    result["unit"] = "KiB/connection"
+    return result
+
+
+MEMORY = Workload(
+    key="memory",
+    title="Memory per idle WebSocket, 10,000 connections",
+    unit="KiB/connection",
+    higher_is_better=False,
+    variants=_with_path(_ws_variants(), "/echo"),
+    cases=[Case("10000 idle", {"connections": 10000}, {"connections": 3000})],
+    targets=[
+        Target(
+            "idle peer <= raw Starlette + 4 KiB",
+            "10000 idle",
+            "h3-fastapi",
+            "starlette",
+            4.0,
+            op="<=",
+            kind="difference",
+        )
+    ],
+    measure=_measure_memory,
+    describe=(
+        "RSS of the server with 10,000 open idle connections minus its RSS after 200"
+        " warm-up connections came and went, divided by 10,000."
+    ),
+)
+
+WORKLOADS: dict[str, Workload] = {w.key: w for w in (ECHO, BROADCAST, SSE, PROXY, MEMORY)}
