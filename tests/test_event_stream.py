@@ -676,6 +676,20 @@ async def test_head_gets_headers_only() -> None:
     await asyncio.wait_for(closed.wait(), 1)
 
 
+async def test_background_task_runs_after_normal_close() -> None:
+    from starlette.background import BackgroundTask
+
+    ran = asyncio.Event()
+    stream = EventStream(make_request())
+    stream.background = BackgroundTask(ran.set)
+    stream.push("x")
+    stream.close()
+    client = FakeClient()
+    await asyncio.wait_for(start(stream, client), 2)
+    assert ran.is_set()
+    assert client.body == b"data: x\n\n"
+
+
 async def test_sending_twice_is_an_error() -> None:
     stream = EventStream(make_request())
     stream.close()

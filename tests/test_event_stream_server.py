@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import re
 import signal
 import socket
 import threading
@@ -24,7 +25,6 @@ from fastapi import Depends, FastAPI, Request
 from starlette.responses import PlainTextResponse
 
 from h3_fastapi import H3, EventStream, EventStreamMessage
-
 from tests.conftest import ROOT, ChildServer, LiveServer
 
 EXAMPLES = ROOT / "docs" / "examples"
@@ -214,8 +214,7 @@ def test_headers_and_body_are_byte_exact(live_server: Callable[..., LiveServer])
         b"data: early\n\n"
         b"id: 1\nevent: evil\nretry: 10\ndata: a\ndata: b\n\n"
         b"data: x\n\n"
-        b": note\n\n"
-        + 'data: {"k":"ü"}\n\n'.encode()
+        b": note\n\n" + 'data: {"k":"ü"}\n\n'.encode()
     )
     plain = RawSSE(server.port, "/wire").read_to_end()
     assert "connection" not in plain.header_map()
@@ -244,6 +243,7 @@ def test_h3_style_lambda_handler(live_server: Callable[..., LiveServer]) -> None
 
 def lifecycle_app(events: dict[str, threading.Event]) -> FastAPI:
     app = FastAPI()
+    producers: set[asyncio.Task[None]] = set()
 
     @app.get("/idle")
     async def idle(request: Request) -> EventStream:
@@ -267,7 +267,7 @@ def lifecycle_app(events: dict[str, threading.Event]) -> FastAPI:
             await stream.push("later")
             stream.push_comment("too late")
 
-        asyncio.create_task(produce())
+        producers.add(asyncio.create_task(produce()))
         return stream
 
     @app.get("/not-returned")
@@ -497,3 +497,19 @@ def test_sse_starlette_migration_example(live_server: Callable[..., LiveServer])
     events = parse_events(client.body)
     assert events == [{"id": str(i), "event": "item", "data": f"item {i}"} for i in range(3)]
     client.close()
+
+
+def test_every_code_block_in_the_sse_guide_is_a_tested_example() -> None:
+    guide = (ROOT / "docs" / "sse.md").read_text()
+    blocks = re.findall(r"```[a-z]*\n(.*?)```", guide, re.S)
+    assert blocks
+    included = []
+    for block in blocks:
+        match = re.fullmatch(r'--8<-- "docs/examples/(sse_\w+)\.py"\n', block)
+        assert match, f"code block not included from docs/examples: {block!r}"
+        included.append(match.group(1))
+    examples = sorted(path.stem for path in EXAMPLES.glob("sse_*.py"))
+    assert sorted(included) == examples
+    this_module = open(__file__, encoding="utf-8").read()
+    for name in examples:
+        assert f'load_example("{name}")' in this_module, f"{name} is not exercised"
