@@ -195,10 +195,17 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
             addresses = await _resolve_checked(self._guard, host, port)
         except httpx.ConnectError as exc:
             raise httpcore.ConnectError(str(exc)) from exc
-        # Connect to the address that was checked, never to a second lookup.
-        return await self._inner.connect_tcp(
-            addresses[0], port, timeout, local_address, socket_options
-        )
+        # Connect to an address that was checked, never to a second lookup.
+        error: Exception | None = None
+        for address in addresses:
+            try:
+                return await self._inner.connect_tcp(
+                    address, port, timeout, local_address, socket_options
+                )
+            except httpcore.ConnectError as exc:
+                error = exc
+        assert error is not None
+        raise error
 
     async def connect_unix_socket(
         self,
@@ -260,7 +267,27 @@ def _aiohttp_transport(guard: _Guard | None) -> httpx.AsyncBaseTransport | None:
         )
 
     transport: httpx.AsyncBaseTransport = httpx_aiohttp.AiohttpTransport(client=session)
-    return transport
+    return transport if guard is None else _LiteralGuard(transport, guard)
+
+
+class _LiteralGuard(httpx.AsyncBaseTransport):
+    """Checks IP-literal hosts, which aiohttp connects to without asking the resolver."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, guard: _Guard) -> None:
+        self._inner = inner
+        self._guard = guard
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        if _parse_ip(host) is not None:
+            reason = self._guard.refusal(host, [host])
+            if reason is not None:
+                logger.warning("h3_fastapi: proxy refused upstream: %s", reason)
+                raise TargetNotAllowed(reason, request=request)
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 def _aiohttp_resolver(aiohttp: Any, guard: _Guard) -> Any:
@@ -299,8 +326,10 @@ def _new_client(guard: _Guard | None) -> httpx.AsyncClient:
         follow_redirects=False,
         trust_env=False,
     )
-    # The client's Accept-Encoding is not forwarded, and httpx's default is not added.
+    # The client's Accept-Encoding is not forwarded, and httpx's default is not
+    # added either; Connection is managed by the transport.
     del client.headers["accept-encoding"]
+    del client.headers["connection"]
     return client
 
 
@@ -1120,24 +1149,29 @@ class _WebSocketProxy:
             forwarded = _x_forwarded(forwarded, request)
         forwarded = {k: v for k, v in forwarded.items() if k not in _WS_HANDSHAKE_HEADERS}
         merged = merge_headers(forwarded, self.headers)
-        options = dict(self.connect_options)
-        if self.guard is not None:
-            parts = urlsplit(target)
-            port = parts.port or (443 if parts.scheme == "wss" else 80)
-            addresses = await _resolve_checked(self.guard, parts.hostname or "", port)
-            options.setdefault("host", addresses[0])
-            options.setdefault("port", port)
-        protocols = self.protocols if self.protocols is not None else offered
-        return await connect(
-            target,
-            additional_headers=list(merged.items()),
-            origin=request.headers.get("origin"),
-            user_agent_header=request.headers.get("user-agent"),
-            subprotocols=protocols or None,
-            open_timeout=self.open_timeout,
-            max_size=self.max_message_size,
-            **options,
-        )
+        options: dict[str, Any] = {
+            "additional_headers": list(merged.items()),
+            "origin": request.headers.get("origin"),
+            "user_agent_header": request.headers.get("user-agent"),
+            "subprotocols": (self.protocols if self.protocols is not None else offered) or None,
+            "open_timeout": self.open_timeout,
+            "max_size": self.max_message_size,
+            **self.connect_options,
+        }
+        if self.guard is None:
+            return await connect(target, **options)
+        # Connect only to addresses the guard checked (no second DNS lookup).
+        parts = urlsplit(target)
+        port = parts.port or (443 if parts.scheme == "wss" else 80)
+        addresses = await _resolve_checked(self.guard, parts.hostname or "", port)
+        error: Exception | None = None
+        for address in addresses:
+            try:
+                return await connect(target, host=address, port=port, **options)
+            except OSError as exc:
+                error = exc
+        assert error is not None
+        raise error
 
     async def upgrade(self, request: Any) -> dict[str, Any] | None:
         offered = [str(p) for p in request.scope.get("subprotocols") or ()]

@@ -1,0 +1,22 @@
+from fastapi import FastAPI, Request
+
+from h3_fastapi import proxy_request
+
+API_URL = "http://127.0.0.1:8001"  # the service behind this gateway
+TIMEOUT = 10.0  # seconds to wait for the upstream's response headers (then 504)
+
+app = FastAPI()
+
+
+@app.api_route("/api/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+async def api(request: Request, path: str):
+    query = f"?{request.url.query}" if request.url.query else ""
+    return await proxy_request(
+        request,
+        f"{API_URL}/{path}{query}",
+        xfwd=True,  # tell the service who the client is
+        filter_headers=["cookie"],  # the service does not need our session cookie
+        cookie_domain_rewrite="",  # its cookies belong to this host...
+        cookie_path_rewrite={"/": "/api/"},  # ...under /api/
+        timeout=TIMEOUT,
+    )
