@@ -560,7 +560,9 @@ class EventStream(Response):
         returned. Registered after the end, it runs soon. Exceptions are
         logged, never raised. Returns ``callback`` (usable as a decorator).
         """
-        if self._state == _CLOSED:
+        if self._off_loop():
+            self._call_on_loop(lambda: self.on_closed(callback))
+        elif self._state == _CLOSED:
             self._run_callbacks([callback])
         else:
             self._callbacks.append(callback)

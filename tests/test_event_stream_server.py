@@ -164,19 +164,27 @@ def test_seed_clock_example_streams_and_on_closed_stops_the_timer(
     assert client.header_map()["content-type"] == "text/event-stream"
     assert client.body == b"data: Hello world\n\n" * 2
 
-    def running_timers() -> int:
-        return sum(
-            1
+    def timers() -> list[asyncio.Task[Any]]:
+        return [
+            task
             for task in asyncio.all_tasks()
             if task.get_coro().__qualname__.endswith("interval")  # type: ignore[union-attr]
             and not task.done()
-            and not task.cancelling()
-        )
+        ]
 
-    assert server.call(running_timers) == 1
+    assert len(server.call(timers)) == 1
     client.close()
     assert wait(closed, 1.0, "on_closed after disconnect") < 1.0
-    assert server.call(running_timers) == 0
+
+    async def timers_finished() -> bool:
+        pending = timers()
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)
+        return all(task.cancelled() for task in pending)
+
+    assert server.loop is not None
+    assert asyncio.run_coroutine_threadsafe(timers_finished(), server.loop).result(5)
+    assert server.call(timers) == []
 
 
 # --- wire format on a real server -----------------------------------------------------
@@ -463,6 +471,25 @@ def test_event_stream_decorator_with_depends_and_path_params(
     client.close()
     bad = httpx.get(server.url + "/items/x", timeout=5)
     assert bad.status_code == 422
+
+
+@pytest.mark.parametrize("use_h3", [False, True])
+def test_spec_form_event_stream_on_unannotated_request(
+    live_server: Callable[..., LiveServer], use_h3: bool
+) -> None:
+    from h3_fastapi import event_stream
+
+    app: FastAPI = H3() if use_h3 else FastAPI()
+
+    @app.get("/clock")
+    @event_stream
+    async def clock(request):  # type: ignore[no-untyped-def]
+        yield f"tick {request.url.path}"
+
+    server = live_server(app)
+    client = RawSSE(server.port, "/clock").read_to_end()
+    assert client.body == b"data: tick /clock\n\n"
+    client.close()
 
 
 # --- the other docs examples --------------------------------------------------------------
