@@ -954,12 +954,14 @@ def _endpoint_signature(func: Callable[..., Any]) -> tuple[inspect.Signature, st
     signature = inspect.signature(func)
     try:
         hints = typing.get_type_hints(func, include_extras=True)
-    except Exception:  # names only imported under TYPE_CHECKING: keep them as written
+    except Exception:  # one name only imported under TYPE_CHECKING: resolve the others
         hints = {}
     params: list[inspect.Parameter] = []
     request_name: str | None = None
     for param in signature.parameters.values():
         annotation = hints.get(param.name, param.annotation)
+        if isinstance(annotation, str):
+            annotation = _evaluate(annotation, func)
         if request_name is None:
             if isinstance(annotation, type) and issubclass(annotation, HTTPConnection):
                 request_name = param.name
@@ -976,3 +978,11 @@ def _endpoint_signature(func: Callable[..., Any]) -> tuple[inspect.Signature, st
         else:
             params.append(extra)
     return signature.replace(parameters=params, return_annotation=EventStream), request_name, added
+
+
+def _evaluate(annotation: str, func: Callable[..., Any]) -> Any:
+    """A string annotation evaluated in ``func``'s module (as FastAPI would), else as is."""
+    try:
+        return eval(annotation, getattr(func, "__globals__", {}))
+    except Exception:
+        return annotation

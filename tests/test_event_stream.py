@@ -850,6 +850,16 @@ def test_event_stream_signature_adds_request_keeps_params() -> None:
     assert inspect.signature(h3_style).parameters["request"].annotation is Request
 
 
+def test_event_stream_signature_resolves_what_it_can() -> None:
+    @event_stream_decorator
+    async def partly(q: int, hidden: NotImportedAnywhere = None) -> AsyncIterator[str]:  # type: ignore[name-defined]  # noqa: F821
+        yield "x"
+
+    params = inspect.signature(partly).parameters
+    assert params["q"].annotation is int
+    assert params["hidden"].annotation == "NotImportedAnywhere"
+
+
 def test_event_stream_rejects_non_generators() -> None:
     async def not_a_generator(request: Request) -> str:
         return "x"
