@@ -373,7 +373,7 @@ def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     names = ["h3-fastapi", "uvicorn", "starlette", "fastapi", "httpx", "httpcore"]
-    names += ["sse-starlette", "websockets", "uvloop", "httptools"]
+    names += ["sse-starlette", "websockets", "uvloop", "httptools", "aiohttp", "httpx-aiohttp"]
     found: dict[str, str] = {}
     for name in names:
         try:

@@ -24,21 +24,6 @@ def _node_anchors() -> bool:
     return (NODE_DIR / "node_modules" / "h3").exists()
 
 
-def _h3_event_stream() -> bool:
-    from h3_fastapi import event_stream
-
-    return hasattr(event_stream.EventStream, "push")
-
-
-def _h3_proxy() -> bool:
-    import inspect
-
-    from h3_fastapi import proxy
-
-    source = inspect.getsource(proxy.proxy)
-    return "NotImplementedError" not in source
-
-
 @dataclass(frozen=True)
 class Variant:
     """One implementation under test: a server and the route it serves the workload on."""
@@ -145,33 +130,13 @@ def _measure_echo(
         )
 
 
-def _ws_variants(
-    with_fastapi: bool = True, starlette_label: str = "raw Starlette"
-) -> list[Variant]:
-    variants = [
-        Variant("h3-fastapi", "h3-fastapi", ServerSpec("python", f"{WS_APPS}:h3"), ""),
-        Variant("starlette", starlette_label, ServerSpec("python", f"{WS_APPS}:starlette"), ""),
-    ]
-    if with_fastapi:
-        variants.append(
-            Variant(
-                "fastapi", "FastAPI @app.websocket", ServerSpec("python", f"{WS_APPS}:fastapi"), ""
-            )
-        )
-    variants.append(
-        Variant(
-            "node-h3",
-            "h3 v2 + crossws (Node)",
-            ServerSpec("node", "ws_server.mjs"),
-            "",
-            _node_anchors,
-        )
-    )
-    return variants
+def _ws(key: str, label: str, app: str, path: str) -> Variant:
+    return Variant(key, label, ServerSpec("python", f"{WS_APPS}:{app}"), path)
 
 
-def _with_path(variants: list[Variant], path: str) -> list[Variant]:
-    return [Variant(v.key, v.label, v.server, path, v.available) for v in variants]
+def _ws_node(path: str) -> Variant:
+    spec = ServerSpec("node", "ws_server.mjs")
+    return Variant("node-h3", "h3 v2 + crossws (Node)", spec, path, _node_anchors)
 
 
 ECHO = Workload(
@@ -179,10 +144,23 @@ ECHO = Workload(
     title="WebSocket echo, 100 connections ping-pong",
     unit="messages/s",
     higher_is_better=True,
-    variants=_with_path(_ws_variants(), "/echo"),
+    variants=[
+        _ws("h3-fastapi", "h3-fastapi (FastAPI app, H3Router.ws)", "h3", "/echo"),
+        _ws("h3-starlette", "h3-fastapi handler on a Starlette app", "h3_starlette", "/echo"),
+        _ws("starlette", "raw Starlette", "starlette", "/echo"),
+        _ws("fastapi", "FastAPI @app.websocket", "fastapi", "/echo"),
+        _ws_node("/echo"),
+    ],
     cases=[Case("100 connections", {"connections": 100, "size": 32})],
     targets=[
-        Target("echo >= 0.95x raw Starlette", "100 connections", "h3-fastapi", "starlette", 0.95)
+        Target("echo >= 0.95x raw Starlette", "100 connections", "h3-fastapi", "starlette", 0.95),
+        Target(
+            "echo >= 0.95x raw Starlette (both on Starlette)",
+            "100 connections",
+            "h3-starlette",
+            "starlette",
+            0.95,
+        ),
     ],
     measure=_measure_echo,
     describe=(
@@ -215,10 +193,11 @@ BROADCAST = Workload(
     title="Broadcast, 1,000 subscribers x 100 messages",
     unit="deliveries/s",
     higher_is_better=True,
-    variants=_with_path(
-        _ws_variants(with_fastapi=False, starlette_label="Starlette loop over a set"),
-        "/broadcast",
-    ),
+    variants=[
+        _ws("h3-fastapi", "h3-fastapi peer.publish", "h3", "/broadcast"),
+        _ws("starlette", "Starlette loop over a set", "starlette", "/broadcast"),
+        _ws_node("/broadcast"),
+    ],
     cases=[Case("1000 x 100", {"subscribers": 1000, "messages": 100, "warmup": 10})],
     targets=[
         Target("broadcast >= 1.2x the Starlette loop", "1000 x 100", "h3-fastapi", "starlette", 1.2)
@@ -257,12 +236,12 @@ SSE = Workload(
     unit="events/s",
     higher_is_better=True,
     variants=[
+        Variant("h3-fastapi", "h3-fastapi @event_stream", ServerSpec("python", SSE_APP), "/h3"),
         Variant(
-            "h3-fastapi",
-            "h3-fastapi EventStream",
+            "h3-push",
+            "h3-fastapi EventStream.push loop",
             ServerSpec("python", SSE_APP),
-            "/h3",
-            _h3_event_stream,
+            "/h3-push",
         ),
         Variant("sse-starlette", "sse-starlette", ServerSpec("python", SSE_APP), "/sse-starlette"),
         Variant("raw", "raw StreamingResponse", ServerSpec("python", SSE_APP), "/raw"),
@@ -345,7 +324,7 @@ PROXY = Workload(
     unit="requests/s",
     higher_is_better=True,
     variants=[
-        _proxy_variant("h3-fastapi", "h3-fastapi proxy()", "h3", available=_h3_proxy),
+        _proxy_variant("h3-fastapi", "h3-fastapi proxy()", "h3"),
         _proxy_variant("naive", "naive httpx client.stream", "naive"),
         _proxy_variant("pooled", "httpx shared client, send(stream=True)", "pooled"),
         Variant(
@@ -449,18 +428,42 @@ MEMORY = Workload(
     title="Memory per idle WebSocket, 10,000 connections",
     unit="KiB/connection",
     higher_is_better=False,
-    variants=_with_path(_ws_variants(), "/echo"),
+    variants=[
+        _ws("h3-fastapi", "h3-fastapi (FastAPI app, H3Router.ws)", "h3", "/echo"),
+        _ws("h3-starlette", "h3-fastapi handler on a Starlette app", "h3_starlette", "/echo"),
+        _ws("starlette", "raw Starlette", "starlette", "/echo"),
+        _ws("fastapi", "FastAPI @app.websocket", "fastapi", "/echo"),
+        _ws_node("/echo"),
+    ],
     cases=[Case("10000 idle", {"connections": 10000}, {"connections": 3000})],
     targets=[
         Target(
-            "idle peer <= raw Starlette + 4 KiB",
+            "idle peer <= raw Starlette + 4 KiB (both on Starlette)",
+            "10000 idle",
+            "h3-starlette",
+            "starlette",
+            4.0,
+            op="<=",
+            kind="difference",
+        ),
+        Target(
+            "idle peer <= raw Starlette + 4 KiB (h3 through FastAPI)",
             "10000 idle",
             "h3-fastapi",
             "starlette",
             4.0,
             op="<=",
             kind="difference",
-        )
+        ),
+        Target(
+            "idle peer <= FastAPI @app.websocket + 4 KiB (both on FastAPI)",
+            "10000 idle",
+            "h3-fastapi",
+            "fastapi",
+            4.0,
+            op="<=",
+            kind="difference",
+        ),
     ],
     measure=_measure_memory,
     describe=(

@@ -7,12 +7,15 @@ the way an endpoint relaying live events works.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
 from starlette.responses import Response, StreamingResponse
+
+from h3_fastapi import create_event_stream, event_stream
 
 PAYLOAD = os.environ.get("BENCH_SSE_PAYLOAD", "x" * 64)
 MAX_EVENTS = 10_000_000
@@ -45,6 +48,25 @@ async def sse_starlette(n: int = 1) -> Response:
 
 
 @app.get("/h3")
-async def h3(request: Request, n: int = 1) -> Response:
-    """h3-fastapi ``EventStream``: a producer task awaits ``push`` per event."""
-    raise NotImplementedError  # filled in once h3_fastapi.event_stream lands
+@event_stream
+async def h3(n: int = 1) -> AsyncIterator[str]:
+    """h3-fastapi ``@event_stream``: an async generator, like the two anchors."""
+    for _ in range(min(n, MAX_EVENTS)):
+        yield PAYLOAD
+
+
+@app.get("/h3-push")
+async def h3_push(request: Request, n: int = 1) -> Response:
+    """h3-fastapi ``create_event_stream`` + a producer task awaiting ``push`` per event."""
+    stream = create_event_stream(request)
+
+    async def produce() -> None:
+        for _ in range(min(n, MAX_EVENTS)):
+            if stream.is_closed:
+                break
+            await stream.push(PAYLOAD)
+        stream.close()
+
+    task = asyncio.create_task(produce())
+    stream.on_closed(task.cancel)
+    return stream

@@ -12,7 +12,7 @@ from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from h3_fastapi import H3Router, Message, Peer
+from h3_fastapi import H3Router, Message, Peer, define_websocket_handler
 
 # --- h3-fastapi: hooks classes, registered the documented way ---------------
 
@@ -41,6 +41,15 @@ h3_router.ws("/broadcast", Broadcast)
 
 h3 = FastAPI()
 h3.include_router(h3_router)
+
+# The same handlers as plain ASGI endpoints of a Starlette app (no FastAPI layer),
+# to compare like with like against raw Starlette.
+h3_starlette = Starlette(
+    routes=[
+        WebSocketRoute("/echo", define_websocket_handler(Echo)),
+        WebSocketRoute("/broadcast", define_websocket_handler(Broadcast)),
+    ]
+)
 
 
 # --- raw Starlette ------------------------------------------------------------
