@@ -55,10 +55,14 @@ class Message:
     _h3_text = text
 
     def json(self) -> Any:
-        """The data parsed as JSON; raises ``ValueError`` when it is not JSON."""
+        """The data parsed as JSON; raises ``ValueError`` when it is not JSON.
+
+        Nesting too deep for the parser (``[[[[...``, a cheap attack) is a
+        ``ValueError`` too, not a ``RecursionError``.
+        """
         try:
             return json.loads(self.raw_data)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, RecursionError) as exc:
             raise ValueError(f"WebSocket message is not valid JSON: {exc}") from exc
 
     def bytes(self) -> bytes:

@@ -1,0 +1,456 @@
+"""Limits and hostile input: message size, peer count, send buffer, origins, bad frames, bad JSON.
+
+Each handler option is tested at its edge against a real uvicorn (in a thread,
+so the test can see what the hooks saw). Raw sockets send what a well-behaved
+client library refuses to: invalid UTF-8 and frames that announce petabytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from hypothesis import given
+from hypothesis import strategies as st
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from h3_fastapi import H3Router, Message, Peer, WSError, define_websocket_handler
+from h3_fastapi.websocket import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_SEND_BUFFER_LIMIT
+
+TIMEOUT = 5
+pytestmark = pytest.mark.filterwarnings("ignore:The `websockets` implementation is deprecated")
+WS_IMPLS = ["websockets-sansio", "wsproto", "websockets"]
+
+
+class Recorder:
+    """What the hooks saw, with a condition so tests wait instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+        self.changed = threading.Condition()
+
+    def add(self, kind: str, value: Any = None) -> None:
+        with self.changed:
+            self.events.append((kind, value))
+            self.changed.notify_all()
+
+    def of(self, kind: str) -> list[Any]:
+        with self.changed:
+            return [v for k, v in self.events if k == kind]
+
+    def wait(self, predicate: Callable[[Recorder], bool], timeout: float = TIMEOUT) -> None:
+        with self.changed:
+            if not self.changed.wait_for(lambda: predicate(self), timeout):
+                raise AssertionError(f"hooks never got there: {self.events}")
+
+    async def wait_for(self, kind: str, count: int = 1, timeout: float = TIMEOUT) -> list[Any]:
+        await asyncio.to_thread(self.wait, lambda r: len(r.of(kind)) >= count, timeout)
+        return self.of(kind)
+
+
+def recording_handler(rec: Recorder, **options: Any) -> Any:
+    def message(peer: Peer, message: Message) -> Any:
+        rec.add("message", message.raw_data)
+        return peer.send(message.data)
+
+    return define_websocket_handler(
+        upgrade=lambda request: rec.add("upgrade", request.headers.get("origin")),
+        open=lambda peer: rec.add("open", peer.id),
+        message=message,
+        close=lambda peer, details: rec.add("close", details.code),
+        error=lambda peer, err: rec.add("error", err),
+        **options,
+    )
+
+
+def app_with(path: str, handler: Any) -> FastAPI:
+    app = FastAPI()
+    router = H3Router()
+    router.ws(path, handler)
+    app.include_router(router)
+    return app
+
+
+async def close_code(ws: Any) -> int | None:
+    await asyncio.wait_for(ws.wait_closed(), TIMEOUT)
+    code: int | None = ws.close_code
+    return code
+
+
+# --- max_message_size -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ok", "too_big"),
+    [
+        ("a" * 1024, "a" * 1025),
+        ("€" * 341, "€" * 342),  # 3 UTF-8 bytes each: 1023 ok, 1026 too big
+        (b"\0" * 1024, b"\0" * 1025),
+    ],
+    ids=["ascii", "multibyte-text", "binary"],
+)
+async def test_max_message_size_closes_1009_and_close_hook_sees_it(
+    live_server: Any, ok: str | bytes, too_big: str | bytes
+) -> None:
+    rec = Recorder()
+    server = live_server(app_with("/ws", recording_handler(rec, max_message_size=1024)))
+    async with connect(f"{server.ws_url}/ws") as ws:
+        await ws.send(ok)
+        assert await asyncio.wait_for(ws.recv(), TIMEOUT) == ok
+        await ws.send(too_big)
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), TIMEOUT)
+        assert ws.close_code == 1009
+    assert await rec.wait_for("close") == [1009]
+    assert rec.of("message") == [ok]  # the oversized one never reached the hook
+    assert rec.of("error") == []
+
+
+def test_default_limits_are_safe() -> None:
+    handler = define_websocket_handler(message=lambda p, m: None)
+    assert handler.max_message_size == DEFAULT_MAX_MESSAGE_SIZE == 16 * 1024 * 1024
+    assert handler.send_buffer_limit == DEFAULT_SEND_BUFFER_LIMIT == 4 * 1024 * 1024
+    assert handler.max_peers is None
+    assert handler.allowed_origins is None
+
+
+# --- max_peers -------------------------------------------------------------------
+
+
+async def test_max_peers_rejects_upgrade_with_503_then_admits_after_a_leave(
+    live_server: Any,
+) -> None:
+    rec = Recorder()
+    server = live_server(app_with("/ws", recording_handler(rec, max_peers=2)))
+    url = f"{server.ws_url}/ws"
+    async with connect(url) as first, connect(url):
+        with pytest.raises(InvalidStatus) as info:
+            await connect(url)
+        assert info.value.response.status_code == 503
+        assert b"Too many connections" in info.value.response.body
+        assert len(rec.of("upgrade")) == 2  # the rejected one ran no hook
+        await first.close()
+        await rec.wait_for("close")
+        async with connect(url) as third:
+            await third.send("in")
+            assert await asyncio.wait_for(third.recv(), TIMEOUT) == "in"
+    await rec.wait_for("close", 3)
+    assert len(rec.of("open")) == 3
+
+
+# --- send_buffer_limit --------------------------------------------------------------
+
+
+async def test_peer_that_stops_reading_is_closed_1013_others_keep_going(
+    live_server: Any,
+) -> None:
+    rec = Recorder()
+    chunk = b"\xab" * 65536
+    flooded = threading.Event()
+
+    async def message(peer: Peer, message: Message) -> None:
+        if message.text() != "flood":
+            peer.send(message.data)
+            return
+        # Send 64 KiB at a time for as long as the peer is open (at most 64 MiB).
+        for _ in range(1024):
+            if not peer.is_open:
+                break
+            peer.send(chunk)
+            await asyncio.sleep(0)  # let the writer run, as a real producer would
+        flooded.set()
+
+    handler = define_websocket_handler(
+        message=message,
+        close=lambda peer, details: rec.add("close", (details.code, peer.buffered_amount)),
+        send_buffer_limit=256 * 1024,
+    )
+    server = live_server(app_with("/ws", handler))
+    # A raw socket that sends "flood" and never reads: the kernel buffers fill
+    # up, then the peer's outbox does.
+    slow, _ = await asyncio.to_thread(_handshake, server.port, "/ws")
+    with slow:
+        async with connect(f"{server.ws_url}/ws") as other:
+            slow.sendall(_frame(0x1, b"flood"))
+            closes = await rec.wait_for("close", timeout=20)
+            assert closes[0][0] == 1013
+            assert closes[0][1] == 0  # the outbox was freed
+            assert await asyncio.to_thread(flooded.wait, TIMEOUT)
+            await other.send("still fine")
+            assert await asyncio.wait_for(other.recv(), TIMEOUT) == "still fine"
+
+
+# --- allowed_origins ------------------------------------------------------------------
+
+
+async def test_disallowed_origin_gets_403_before_any_hook(live_server: Any) -> None:
+    rec = Recorder()
+    handler = recording_handler(rec, allowed_origins=["https://good.example"])
+    server = live_server(app_with("/ws", handler))
+    url = f"{server.ws_url}/ws"
+    for origin in ["https://evil.example", "http://good.example", "https://good.example:444"]:
+        with pytest.raises(InvalidStatus) as info:
+            await connect(url, origin=origin)  # type: ignore[arg-type]
+        assert info.value.response.status_code == 403
+    assert rec.events == []  # not even the upgrade hook ran
+    async with connect(url, origin="https://good.example") as ws:  # type: ignore[arg-type]
+        await ws.send("hi")
+        assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "hi"
+    async with connect(url) as ws:  # no Origin header: not a browser, allowed
+        await ws.send("hi")
+        assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "hi"
+    assert rec.of("upgrade") == ["https://good.example", None]
+
+
+async def test_star_allows_any_origin(live_server: Any) -> None:
+    rec = Recorder()
+    server = live_server(app_with("/ws", recording_handler(rec, allowed_origins="*")))
+    async with connect(f"{server.ws_url}/ws", origin="https://evil.example") as ws:  # type: ignore[arg-type]
+        await ws.send("hi")
+        assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "hi"
+    assert rec.of("upgrade") == ["https://evil.example"]
+
+
+# --- bad frames (raw sockets) ----------------------------------------------------------
+
+
+def _frame(opcode: int, payload: bytes, fin: bool = True, length: int | None = None) -> bytes:
+    n = len(payload) if length is None else length
+    first = (0x80 if fin else 0) | opcode
+    if n < 126:
+        header = bytes([first, 0x80 | n])
+    elif n < 1 << 16:
+        header = bytes([first, 0x80 | 126]) + struct.pack("!H", n)
+    else:
+        header = bytes([first, 0x80 | 127]) + struct.pack("!Q", n)
+    mask = os.urandom(4)
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def _handshake(port: int, path: str) -> tuple[socket.socket, bytes]:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        assert chunk, data
+        data += chunk
+    head, rest = data.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock, rest
+
+
+def _server_close_code(sock: socket.socket, buffered: bytes) -> int | None:
+    """Read frames until the server's close frame; its code (None if dropped without one)."""
+    data = buffered
+    while True:
+        while len(data) >= 2:
+            opcode, n = data[0] & 0x0F, data[1] & 0x7F
+            offset = 2
+            if n == 126:
+                n, offset = struct.unpack("!H", data[2:4])[0], 4
+            elif n == 127:
+                n, offset = struct.unpack("!Q", data[2:10])[0], 10
+            if len(data) < offset + n:
+                break
+            payload, data = data[offset : offset + n], data[offset + n :]
+            if opcode == 0x8:
+                return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return None
+        if not chunk:
+            return None
+        data += chunk
+
+
+# What each uvicorn WebSocket implementation does on a protocol error: the
+# code the client gets (None: TCP dropped without a close frame; uvicorn's
+# wsproto server does that) and the code it hands the app, which is what the
+# close hook sees (uvicorn's legacy websockets server always says 1006).
+CLIENT_SEES_CLOSE_FRAME = {"websockets-sansio": True, "websockets": True, "wsproto": False}
+APP_SEES = {"websockets-sansio": None, "wsproto": None, "websockets": 1006}
+
+
+@pytest.mark.parametrize("ws_impl", WS_IMPLS)
+@pytest.mark.parametrize("fragmented", [False, True], ids=["one-frame", "fragmented"])
+async def test_invalid_utf8_text_frame_closes_1007(
+    live_server: Any, ws_impl: str, fragmented: bool
+) -> None:
+    rec = Recorder()
+    server = live_server(app_with("/ws", recording_handler(rec)), ws=ws_impl)
+    sock, rest = await asyncio.to_thread(_handshake, server.port, "/ws")
+    with sock:
+        await rec.wait_for("open")
+        bad = b"ok " + b"\xed\xa0\x80 surrogate, \xff never valid"
+        if fragmented:
+            frames = _frame(0x1, bad[:4], fin=False) + _frame(0x0, bad[4:], fin=True)
+        else:
+            frames = _frame(0x1, bad)
+        sock.sendall(frames)
+        code = await asyncio.to_thread(_server_close_code, sock, rest)
+    closes = await rec.wait_for("close")
+    print(ws_impl, "client saw", code, "close hook saw", closes)
+    assert code == (1007 if CLIENT_SEES_CLOSE_FRAME[ws_impl] else None)
+    assert closes == [APP_SEES[ws_impl] or 1007]
+    assert rec.of("message") == []
+    assert rec.of("error") == []
+
+
+@pytest.mark.parametrize("ws_impl", WS_IMPLS)
+async def test_frame_announcing_huge_length_is_cut_off_at_the_size_limit(
+    live_server: Any, ws_impl: str
+) -> None:
+    rec = Recorder()
+    limit = 65536
+    server = live_server(app_with("/ws", recording_handler(rec)), ws=ws_impl, ws_max_size=limit)
+    sock, rest = await asyncio.to_thread(_handshake, server.port, "/ws")
+
+    def send_until_closed() -> int:
+        # A binary frame header announcing 2**62 bytes, then data until the
+        # server gives up; websockets rejects the header at once, wsproto
+        # once the buffered data passes the limit.
+        sent = 0
+        try:
+            sock.sendall(_frame(0x2, b"", length=1 << 62))
+            while sent < 256 * limit:
+                sock.sendall(b"x" * 4096)
+                sent += 4096
+        except OSError:
+            pass
+        return sent
+
+    with sock:
+        await rec.wait_for("open")
+        sent = await asyncio.to_thread(send_until_closed)
+        code = await asyncio.to_thread(_server_close_code, sock, rest)
+    closes = await rec.wait_for("close")
+    print(ws_impl, "sent", sent, "client saw", code, "close hook saw", closes)
+    assert sent < 256 * limit, "the server kept reading a frame past its size limit"
+    assert code == 1009
+    assert closes == [APP_SEES[ws_impl] or 1009]
+    assert rec.of("message") == []
+    async with connect(f"{server.ws_url}/ws") as ws:  # still serving
+        await ws.send("after")
+        assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "after"
+
+
+async def test_message_over_server_max_size_closes_1009(live_server: Any) -> None:
+    """The server's own frame limit (uvicorn --ws-max-size) sits under max_message_size."""
+    rec = Recorder()
+    server = live_server(
+        app_with("/ws", recording_handler(rec)), ws="websockets-sansio", ws_max_size=65536
+    )
+    async with connect(f"{server.ws_url}/ws", max_size=None) as ws:
+        await ws.send(b"\0" * 65537)
+        assert await close_code(ws) == 1009
+    assert await rec.wait_for("close") == [1009]
+    assert rec.of("message") == []
+
+
+# --- invalid JSON ---------------------------------------------------------------------
+
+
+async def test_invalid_json_is_a_value_error_the_app_can_answer(live_server: Any) -> None:
+    rec = Recorder()
+
+    def message(peer: Peer, message: Message) -> Any:
+        try:
+            value = message.json()
+        except ValueError as exc:
+            rec.add("bad", str(exc))
+            return peer.send({"error": str(exc)})
+        return peer.send({"ok": value})
+
+    handler = define_websocket_handler(
+        message=message, close=lambda peer, details: rec.add("close", details.code)
+    )
+    server = live_server(app_with("/ws", handler))
+    async with connect(f"{server.ws_url}/ws") as ws:
+        bad_inputs: list[str | bytes] = ["{nope", "", "[1, 2", b"\xff\xfe", "[" * 100_000]
+        for bad in bad_inputs:
+            await ws.send(bad)
+            reply = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+            assert reply["error"].startswith("WebSocket message is not valid JSON")
+        await ws.send('{"still": "open"}')
+        assert json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)) == {"ok": {"still": "open"}}
+    assert await rec.wait_for("close") == [1000]
+
+
+async def test_uncaught_invalid_json_goes_to_error_hook_and_closes_1011(
+    live_server: Any,
+) -> None:
+    rec = Recorder()
+    handler = define_websocket_handler(
+        message=lambda peer, message: peer.send(message.json()),
+        error=lambda peer, err: rec.add("error", err),
+        close=lambda peer, details: rec.add("close", details.code),
+    )
+    server = live_server(app_with("/ws", handler))
+    async with connect(f"{server.ws_url}/ws") as ws:
+        await ws.send("not json")
+        assert await close_code(ws) == 1011
+    (error,) = await rec.wait_for("error")
+    assert isinstance(error, WSError)
+    assert isinstance(error.__cause__, ValueError)
+    assert await rec.wait_for("close") == [1011]
+
+
+# --- Message decoding properties ---------------------------------------------------------
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: st.lists(children) | st.dictionaries(st.text(), children),
+    max_leaves=25,
+)
+
+
+@given(json_values)
+def test_json_round_trips_from_text_and_binary_frames(value: Any) -> None:
+    text = json.dumps(value, ensure_ascii=False)
+    assert Message(text).json() == value
+    assert Message(text.encode("utf-8")).json() == value
+
+
+@given(st.one_of(st.text(), st.binary()))
+def test_json_of_anything_returns_or_raises_value_error(data: str | bytes) -> None:
+    message = Message(data)
+    try:
+        expected = json.loads(data)
+    except (ValueError, RecursionError):
+        with pytest.raises(ValueError, match="not valid JSON"):
+            message.json()
+    else:
+        # Compared as JSON text: NaN never equals itself.
+        assert json.dumps(message.json()) == json.dumps(expected)
+    # text() and bytes() never raise, whatever arrived.
+    message.text()
+    message.bytes()
+
+
+def test_deeply_nested_json_is_a_value_error_not_a_recursion_error() -> None:
+    assert Message("[" * 500 + "]" * 500).json() is not None  # deep but fine
+    for raw in ("[" * 100_000 + "]" * 100_000, "[" * 100_000, '{"a":' * 100_000):
+        with pytest.raises(ValueError, match="not valid JSON"):
+            Message(raw).json()
+        with pytest.raises(ValueError, match="not valid JSON"):
+            Message(raw.encode()).json()
