@@ -1,18 +1,21 @@
-"""Compare httpx transports for the proxy: httpcore (httpx default) vs httpx-aiohttp.
+"""Compare httpx transports for the proxy: httpcore (httpx's default), httpx-aiohttp, ours.
 
-Run: ``python bench/proxy_transport.py`` (needs ``pip install httpx-aiohttp``).
+Run: ``python bench/proxy_transport.py`` (aiohttp and httpx-aiohttp are optional).
 
 An upstream (raw ASGI on uvicorn, in a child process) serves small bodies,
 a large streamed download and an upload sink. Each transport is driven
 through the same ``httpx.AsyncClient`` API the proxy uses
 (``client.send(request, stream=True)``), so the numbers are what the proxy
-would see. Prints requests/s and MiB/s per transport and the ratio.
+would see; then the same workloads run end to end through the proxy app of
+``tests/apps/proxy_app.py`` with each transport. Prints requests/s and MiB/s
+and the ratios.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import socket
 import subprocess
@@ -56,11 +59,12 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _start_upstream(port: int) -> subprocess.Popen[bytes]:
+def _start(port: int, app: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cmd = [sys.executable, "-m", "uvicorn", "bench.proxy_transport:upstream"]
+    cmd = [sys.executable, "-m", "uvicorn", app]
     cmd += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
-    proc = subprocess.Popen(cmd, cwd=root, env={**os.environ, "PYTHONPATH": root})
+    env = {**os.environ, "PYTHONPATH": root, **(env or {})}
+    proc = subprocess.Popen(cmd, cwd=root, env=env)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
@@ -151,12 +155,46 @@ def _clients() -> dict[str, Callable[[], httpx.AsyncClient]]:
     try:
         from httpx_aiohttp import AiohttpTransport
     except ImportError:
-        print("httpx-aiohttp not installed: measuring httpcore only")
+        print("httpx-aiohttp not installed: skipping it")
     else:
-        makers["aiohttp"] = lambda: httpx.AsyncClient(
+        makers["httpx-aiohttp"] = lambda: httpx.AsyncClient(
             transport=AiohttpTransport(limits=limits), timeout=timeout
         )
+    proxy_module = importlib.import_module("h3_fastapi.proxy")
+    if proxy_module._aiohttp_transport(None) is not None:
+        makers["h3 aiohttp"] = lambda: httpx.AsyncClient(
+            transport=proxy_module._aiohttp_transport(None), timeout=timeout
+        )
     return makers
+
+
+async def through_proxy(
+    args: argparse.Namespace, upstream_port: int
+) -> dict[str, dict[str, float]]:
+    """The same workloads end to end: client -> proxy (child, per transport) -> upstream."""
+    results: dict[str, dict[str, float]] = {}
+    loadgen = _clients().get("h3 aiohttp") or _clients()["httpcore"]
+    for name in ("httpcore", "aiohttp"):
+        port = _free_port()
+        env = {
+            "PROXY_UPSTREAM": f"http://127.0.0.1:{upstream_port}",
+            "H3_PROXY_TRANSPORT": name,
+        }
+        proc = _start(port, "tests.apps.proxy_app:app", env)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            async with loadgen() as client:
+                await small(client, base, 200, 8)
+                results[f"proxy/{name}"] = {
+                    "small rps c=1": await small(client, base, args.requests // 2, 1),
+                    "small rps c=64": await small(client, base, args.requests // 2, 64),
+                    "download MiB/s": await download(client, base, args.mib // 2),
+                    "upload MiB/s": await upload(client, base, args.mib // 2),
+                }
+        finally:
+            proc.terminate()
+            proc.wait()
+    return results
 
 
 async def run(args: argparse.Namespace, base: str) -> dict[str, dict[str, float]]:
@@ -179,22 +217,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--mib", type=int, default=512)
+    parser.add_argument("--no-proxy", dest="proxy", action="store_false", help="transports only")
     args = parser.parse_args()
     port = _free_port()
-    proc = _start_upstream(port)
+    proc = _start(port, "bench.proxy_transport:upstream")
     try:
-        results = asyncio.run(run(args, f"http://127.0.0.1:{port}"))
+        direct = asyncio.run(run(args, f"http://127.0.0.1:{port}"))
+        proxied = asyncio.run(through_proxy(args, port)) if args.proxy else {}
     finally:
         proc.terminate()
         proc.wait()
+    _table("transport alone (ratios: each vs httpcore)", direct)
+    if proxied:
+        _table("through the proxy (ratio: aiohttp vs httpcore)", proxied)
+
+
+def _table(title: str, results: dict[str, dict[str, float]]) -> None:
     names = list(results)
     metrics = list(results[names[0]])
-    print(f"{'metric':<18}" + "".join(f"{n:>12}" for n in names) + ("   ratio" if len(names) > 1 else ""))
+    print(f"\n{title}")
+    print(f"{'metric':<18}" + "".join(f"{n:>16}" for n in names))
     for metric in metrics:
         values = [results[n][metric] for n in names]
-        line = f"{metric:<18}" + "".join(f"{v:>12.1f}" for v in values)
-        if len(values) > 1 and values[0]:
-            line += f"   {values[1] / values[0]:.2f}x"
+        line = f"{metric:<18}" + "".join(f"{v:>16.1f}" for v in values)
+        if values[0] and metric != "cancel ok":
+            line += "   " + " ".join(f"{v / values[0]:.2f}x" for v in values[1:])
         print(line)
 
 

@@ -8,9 +8,10 @@ cancels the upstream at once, whether we are still waiting for its headers or
 already streaming its body.
 
 Upstream connections come from one pooled ``httpx.AsyncClient`` per app and
-event loop (closed when the server stops). Its transport is httpx-aiohttp when
-installed (several times faster than httpcore, see ``bench/proxy_transport.py``),
-else httpx's own; either way the public API is httpx. Targets starting with
+event loop (closed when the server stops). Its transport runs on aiohttp when
+that is installed (several times faster than httpcore, see
+``bench/proxy_transport.py``), else on httpx's own; either way the public API
+is httpx. Targets starting with
 ``/`` never leave the process: they are served by the same ASGI app.
 """
 
@@ -240,54 +241,123 @@ def _httpcore_transport(guard: _Guard | None) -> httpx.AsyncBaseTransport:
 
 
 def _aiohttp_transport(guard: _Guard | None) -> httpx.AsyncBaseTransport | None:
-    """httpx-aiohttp's transport on a cookie-less session, or ``None`` if not installed."""
+    """The aiohttp transport, or ``None`` when aiohttp is not installed."""
     try:
         aiohttp: Any = importlib.import_module("aiohttp")
-        httpx_aiohttp: Any = importlib.import_module("httpx_aiohttp")
+        yarl: Any = importlib.import_module("yarl")
     except ImportError:
         return None
-    ssl_context = httpx.create_ssl_context(trust_env=False)
+    return _AiohttpTransport(aiohttp, yarl, guard)
 
-    def session() -> Any:
-        resolver = _aiohttp_resolver(aiohttp, guard) if guard is not None else None
+
+class _AiohttpStream(httpx.AsyncByteStream):
+    """An aiohttp response body as an httpx stream, chunks as they arrive."""
+
+    def __init__(self, response: Any, aiohttp: Any) -> None:
+        self._response = response
+        self._aiohttp = aiohttp
+        self._complete = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+        except (self._aiohttp.ClientError, OSError) as exc:
+            raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
+        self._complete = True
+
+    async def aclose(self) -> None:
+        if self._complete:
+            self._response.release()  # back to the pool
+        else:
+            self._response.close()  # cut short: the connection cannot be reused
+
+
+class _AiohttpTransport(httpx.AsyncBaseTransport):
+    """httpx transport on an aiohttp session: no cookie jar, no decompression, no redirects.
+
+    Several times faster than httpcore for proxying (``bench/proxy_transport.py``).
+    The guard checks IP-literal hosts here (aiohttp does not ask the resolver
+    about them) and names in the resolver.
+    """
+
+    def __init__(self, aiohttp: Any, yarl: Any, guard: _Guard | None) -> None:
+        self._aiohttp = aiohttp
+        self._yarl = yarl
+        self._guard = guard
+        self._ssl = httpx.create_ssl_context(trust_env=False)
+        self._session: Any = None
+
+    def _open_session(self) -> Any:
+        aiohttp = self._aiohttp
+        resolver = _aiohttp_resolver(aiohttp, self._guard) if self._guard is not None else None
         connector = aiohttp.TCPConnector(
             limit=0,
             keepalive_timeout=KEEPALIVE_EXPIRY,
-            ssl=ssl_context,
+            ssl=self._ssl,
             resolver=resolver,
         )
         return aiohttp.ClientSession(
             connector=connector,
             cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=("Accept-Encoding",),
+            skip_auto_headers=("Accept-Encoding", "User-Agent"),
+            auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None),
             max_line_size=65536,
             max_field_size=65536,
             trust_env=False,
         )
 
-    transport: httpx.AsyncBaseTransport = httpx_aiohttp.AiohttpTransport(client=session)
-    return transport if guard is None else _LiteralGuard(transport, guard)
-
-
-class _LiteralGuard(httpx.AsyncBaseTransport):
-    """Checks IP-literal hosts, which aiohttp connects to without asking the resolver."""
-
-    def __init__(self, inner: httpx.AsyncBaseTransport, guard: _Guard) -> None:
-        self._inner = inner
-        self._guard = guard
-
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        aiohttp = self._aiohttp
         host = request.url.host
-        if _parse_ip(host) is not None:
+        if self._guard is not None and _parse_ip(host) is not None:
             reason = self._guard.refusal(host, [host])
             if reason is not None:
                 logger.warning("h3_fastapi: proxy refused upstream: %s", reason)
                 raise TargetNotAllowed(reason, request=request)
-        return await self._inner.handle_async_request(request)
+        if self._session is None:
+            self._session = self._open_session()
+        data: Any
+        try:
+            data = request.content or None
+        except httpx.RequestNotRead:
+            data = request.stream
+        headers = [
+            (k, v) for k, v in request.headers.multi_items() if k.lower() != "transfer-encoding"
+        ]
+        timeouts = request.extensions.get("timeout", {})
+        try:
+            response = await self._session.request(
+                request.method,
+                self._yarl.URL(str(request.url), encoded=True),
+                headers=headers,
+                data=data,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    sock_connect=timeouts.get("connect"),
+                    sock_read=timeouts.get("read"),
+                ),
+                server_hostname=request.extensions.get("sni_hostname"),
+            )
+        except aiohttp.ClientConnectorError as exc:
+            raise httpx.ConnectError(str(exc), request=request) from exc
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise httpx.TimeoutException(str(exc) or "timed out", request=request) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise httpx.NetworkError(str(exc) or type(exc).__name__, request=request) from exc
+        return httpx.Response(
+            response.status,
+            headers=list(response.raw_headers),
+            stream=_AiohttpStream(response, aiohttp),
+            request=request,
+            extensions={"http_version": b"HTTP/1.1"},
+        )
 
     async def aclose(self) -> None:
-        await self._inner.aclose()
+        if self._session is not None:
+            await self._session.close()
 
 
 def _aiohttp_resolver(aiohttp: Any, guard: _Guard) -> Any:
@@ -316,7 +386,7 @@ def _new_client(guard: _Guard | None) -> httpx.AsyncClient:
     transport = _aiohttp_transport(guard) if kind in ("auto", "aiohttp") else None
     if transport is None:
         if kind == "aiohttp":
-            raise RuntimeError(f"{TRANSPORT_ENV}=aiohttp but httpx-aiohttp is not installed")
+            raise RuntimeError(f"{TRANSPORT_ENV}=aiohttp but aiohttp is not installed")
         transport = _httpcore_transport(guard)
     client = httpx.AsyncClient(
         transport=transport,

@@ -42,8 +42,8 @@ ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "PROP
 @pytest.fixture(params=["aiohttp", "httpcore"])
 def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     name = str(request.param)
-    if name == "aiohttp" and importlib.util.find_spec("httpx_aiohttp") is None:
-        pytest.skip("httpx-aiohttp is not installed: only the httpcore transport is tested")
+    if name == "aiohttp" and importlib.util.find_spec("aiohttp") is None:
+        pytest.skip("aiohttp is not installed: only the httpcore transport is tested")
     monkeypatch.setenv(proxy_module.TRANSPORT_ENV, name)
     return name
 
@@ -365,16 +365,16 @@ async def test_methods_query_and_bodies_pass_through(
         assert head.status_code == 200 and head.content == b""
 
 
-@pytest.mark.parametrize("code", [200, 201, 204, 302, 304, 404, 418, 500, 503])
 async def test_status_passes_through(
-    code: int, live_server: Callable[..., LiveServer], upstream: Upstream
+    live_server: Callable[..., LiveServer], upstream: Upstream
 ) -> None:
     proxy_server = serve_proxy(live_server, upstream.url)
     async with httpx.AsyncClient() as client:
-        response = await client.get(proxy_server.url + f"/p/status/{code}")
-    assert response.status_code == code
-    if code not in (204, 304):
-        assert response.text == f"status {code}"
+        for code in (200, 201, 204, 302, 304, 404, 418, 500, 503):
+            response = await client.get(proxy_server.url + f"/p/status/{code}")
+            assert response.status_code == code
+            if code not in (204, 304):
+                assert response.text == f"status {code}"
 
 
 async def test_redirect_is_relayed_not_followed(

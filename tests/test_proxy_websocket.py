@@ -1,0 +1,289 @@
+"""create_websocket_proxy: a real upstream WebSocket server behind a real proxy server.
+
+The upstream is an ``H3Router`` app on uvicorn; the proxy is another, whose
+routes are ``create_websocket_proxy`` hooks; clients are ``websockets``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import websockets
+from fastapi import FastAPI
+from websockets.exceptions import ConnectionClosed
+
+from h3_fastapi import H3Router, create_websocket_proxy
+from tests.conftest import LiveServer, free_port
+
+TIMEOUT = 5
+
+
+class Closes:
+    """Close details the upstream saw, waited on with a condition (no sleeps)."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, int, str]] = []
+        self.changed = threading.Condition()
+
+    def add(self, route: str, code: int, reason: str) -> None:
+        with self.changed:
+            self.items.append((route, code, reason))
+            self.changed.notify_all()
+
+    async def wait_for(self, route: str) -> tuple[int, str]:
+        def find() -> tuple[int, str] | None:
+            with self.changed:
+                self.changed.wait_for(lambda: any(r == route for r, _, _ in self.items), TIMEOUT)
+                for r, code, reason in self.items:
+                    if r == route:
+                        return code, reason
+            return None
+
+        found = await asyncio.to_thread(find)
+        assert found is not None, f"upstream {route} never closed; saw {self.items}"
+        return found
+
+
+class Upstream:
+    def __init__(self, server: LiveServer, closes: Closes, gate: asyncio.Event) -> None:
+        self.server = server
+        self.closes = closes
+        self.gate = gate
+        self.ws_url = server.ws_url
+
+    def open_gate(self) -> None:
+        self.server.call(self.gate.set)
+
+
+@pytest.fixture
+def upstream(live_server: Callable[..., LiveServer]) -> Upstream:
+    app = FastAPI()
+    h3 = H3Router()
+    closes = Closes()
+    gate = asyncio.Event()
+
+    def on_close(route: str) -> Callable[[Any, Any], None]:
+        return lambda peer, details: closes.add(route, details.code, details.reason)
+
+    def chat_message(peer: Any, message: Any) -> None:
+        text = message.text()
+        if text == "close-me":
+            peer.close(4002, "later")
+            return
+        peer.publish("chat", text)
+        peer.send(f"sent: {text}")
+
+    def echo(peer: Any, message: Any) -> None:
+        peer.send(message.raw_data)
+
+    h3.ws(
+        "/chat",
+        {
+            "open": lambda peer: peer.subscribe("chat"),
+            "message": chat_message,
+            "close": on_close("chat"),
+        },
+    )
+    h3.ws("/echo", {"message": echo, "close": on_close("echo")})
+
+    def pick(request: Any) -> dict[str, Any] | None:
+        offered = request.scope.get("subprotocols") or []
+        return {"protocol": "chat.v1"} if "chat.v1" in offered else None
+
+    h3.ws("/proto", {"upgrade": pick, "message": echo})
+
+    async def wait_gate(request: Any) -> None:
+        await gate.wait()
+
+    h3.ws("/gated", {"upgrade": wait_gate, "message": echo})
+
+    def report_headers(peer: Any) -> None:
+        headers = peer.request.headers
+        peer.send(
+            {
+                "cookie": headers.get("cookie"),
+                "origin": headers.get("origin"),
+                "user-agent": headers.get("user-agent"),
+                "x-added": headers.get("x-added"),
+                "x-filtered": headers.get("x-filtered"),
+                "protocol": headers.get("sec-websocket-protocol"),
+            }
+        )
+
+    h3.ws("/headers", {"open": report_headers})
+    app.include_router(h3)
+    return Upstream(live_server(app), closes, gate)
+
+
+def serve_proxy(
+    live_server: Callable[..., LiveServer], routes: dict[str, dict[str, Any]]
+) -> LiveServer:
+    """A proxy app: each path relays to ``target`` with the given options."""
+    app = FastAPI()
+    h3 = H3Router()
+    for path, options in routes.items():
+        options = dict(options)
+        target = options.pop("target")
+        h3.ws(path, create_websocket_proxy(target, **options))
+    app.include_router(h3)
+    return live_server(app)
+
+
+async def recv(ws: Any) -> Any:
+    return await asyncio.wait_for(ws.recv(), TIMEOUT)
+
+
+async def close_code(ws: Any) -> tuple[int | None, str | None]:
+    """Read until the proxy closes us; the close code and reason it sent."""
+    with pytest.raises(ConnectionClosed) as info:
+        while True:
+            await recv(ws)
+    rcvd = info.value.rcvd
+    return (rcvd.code, rcvd.reason) if rcvd else (None, None)
+
+
+async def test_chat_between_two_clients_through_the_proxy(
+    live_server: Callable[..., LiveServer], upstream: Upstream
+) -> None:
+    proxy = serve_proxy(live_server, {"/chat": {"target": upstream.ws_url + "/chat"}})
+    async with (
+        websockets.connect(proxy.ws_url + "/chat") as alice,
+        websockets.connect(proxy.ws_url + "/chat") as bob,
+    ):
+        # Both are subscribed upstream once each has had an answer.
+        await alice.send("alice here")
+        assert await recv(alice) == "sent: alice here"
+        await bob.send("bob here")
+        assert await recv(bob) == "sent: bob here"
+        assert await recv(alice) == "bob here"
+        await alice.send("hi bob")
+        assert await recv(alice) == "sent: hi bob"
+        assert await recv(bob) == "hi bob"
+
+
+async def test_text_and_binary_relay_and_close_codes(
+    live_server: Callable[..., LiveServer], upstream: Upstream
+) -> None:
+    proxy = serve_proxy(
+        live_server,
+        {
+            "/echo": {"target": upstream.ws_url + "/echo"},
+            "/chat": {"target": upstream.ws_url + "/chat"},
+        },
+    )
+    blob = bytes(range(256)) * 800
+    async with websockets.connect(proxy.ws_url + "/echo") as ws:
+        await ws.send("héllo")
+        assert await recv(ws) == "héllo"
+        await ws.send(blob)
+        echoed = await recv(ws)
+        assert isinstance(echoed, bytes) and echoed == blob
+        await ws.close(4001, "bye")
+    # The client's close code and reason reach the upstream.
+    assert await upstream.closes.wait_for("echo") == (4001, "bye")
+    # The upstream's close code and reason reach the client.
+    async with websockets.connect(proxy.ws_url + "/chat") as ws:
+        await ws.send("close-me")
+        assert await close_code(ws) == (4002, "later")
+
+
+async def test_subprotocol_chosen_upstream_is_relayed(
+    live_server: Callable[..., LiveServer], upstream: Upstream
+) -> None:
+    proxy = serve_proxy(live_server, {"/proto": {"target": upstream.ws_url + "/proto"}})
+    async with websockets.connect(
+        proxy.ws_url + "/proto", subprotocols=["chat.v2", "chat.v1"]
+    ) as ws:
+        assert ws.subprotocol == "chat.v1"
+        await ws.send("x")
+        assert await recv(ws) == "x"
+    async with websockets.connect(proxy.ws_url + "/proto", subprotocols=["other"]) as ws:
+        assert ws.subprotocol is None
+
+
+async def test_messages_before_upstream_opens_are_buffered_in_order(
+    live_server: Callable[..., LiveServer], upstream: Upstream
+) -> None:
+    proxy = serve_proxy(live_server, {"/gated": {"target": upstream.ws_url + "/gated"}})
+    # The handshake completes while the upstream is still held at its gate.
+    async with websockets.connect(proxy.ws_url + "/gated", open_timeout=TIMEOUT) as ws:
+        for i in range(5):
+            await ws.send(f"m{i}")
+        await ws.send(b"\x00\x01")
+        upstream.open_gate()
+        assert [await recv(ws) for _ in range(6)] == ["m0", "m1", "m2", "m3", "m4", b"\x00\x01"]
+
+
+async def test_buffer_limit_closes_1009(
+    live_server: Callable[..., LiveServer], upstream: Upstream
+) -> None:
+    proxy = serve_proxy(
+        live_server,
+        {"/gated": {"target": upstream.ws_url + "/gated", "buffer_limit": 1000}},
+    )
+    try:
+        async with websockets.connect(proxy.ws_url + "/gated") as ws:
+            await ws.send("a" * 600)
+            await ws.send("b" * 600)
+            code, _ = await close_code(ws)
+            assert code == 1009
+    finally:
+        upstream.open_gate()  # let the held upstream handshake finish
+
+
+async def test_unreachable_or_refused_upstream_closes_1011(
+    live_server: Callable[..., LiveServer], upstream: Upstream
+) -> None:
+    proxy = serve_proxy(
+        live_server,
+        {
+            "/down": {"target": f"ws://127.0.0.1:{free_port()}/x"},
+            "/guarded": {"target": upstream.ws_url + "/echo", "deny_private": True},
+            "/allowed": {
+                "target": upstream.ws_url.replace("127.0.0.1", "localhost") + "/echo",
+                "allow_hosts": ["localhost"],
+            },
+        },
+    )
+    for path in ("/down", "/guarded"):
+        async with websockets.connect(proxy.ws_url + path) as ws:
+            code, _ = await close_code(ws)
+            assert code == 1011, path
+    async with websockets.connect(proxy.ws_url + "/allowed") as ws:
+        await ws.send("through")
+        assert await recv(ws) == "through"
+
+
+async def test_client_headers_forwarded_and_filtered(
+    live_server: Callable[..., LiveServer], upstream: Upstream
+) -> None:
+    proxy = serve_proxy(
+        live_server,
+        {
+            "/headers": {
+                "target": upstream.ws_url + "/headers",
+                "headers": {"x-added": "yes"},
+                "filter_headers": ["x-filtered"],
+            }
+        },
+    )
+    async with websockets.connect(
+        proxy.ws_url + "/headers",
+        additional_headers={"cookie": "sid=1", "x-filtered": "no"},
+        origin="http://app.test",
+        user_agent_header="tester/1.0",
+    ) as ws:
+        seen = json.loads(await recv(ws))
+    assert seen == {
+        "cookie": "sid=1",
+        "origin": "http://app.test",
+        "user-agent": "tester/1.0",
+        "x-added": "yes",
+        "x-filtered": None,
+        "protocol": None,
+    }
