@@ -15,7 +15,7 @@ app = H3()
 async def hello(event):
     event_stream = EventStream(event)
 
-    # Send a message every second
+    # push once a second
     async def every_second():
         while True:
             await asyncio.sleep(1)
@@ -23,7 +23,7 @@ async def hello(event):
 
     interval = asyncio.create_task(every_second())
 
-    # cleanup the interval when the connection is terminated or the writer is closed
+    # stop the timer when the stream ends, whatever ended it
     def on_closed():
         print("Connection closed")
         interval.cancel()

@@ -34,27 +34,27 @@ class Hooks:
     def open(self, peer):
         print("[open]", peer)
 
-        # Send welcome to the new client
+        # greet the new client
         peer.send("Welcome to the server!")
 
-        # Join new client to the "chat" channel
+        # put it on the chat topic
         peer.subscribe("chat")
 
-        # Notify every other connected client
+        # tell everyone else
         peer.publish("chat", f"[system] {peer} joined!")
 
     def message(self, peer, message):
         print("[message]", peer)
 
         if message.text() == "ping":
-            # Reply to the client with a ping response
+            # answer the sender only
             peer.send("pong")
             return
 
-        # The server re-broadcasts incoming messages to everyone
+        # forward to every other subscriber
         peer.publish("chat", f"[{peer}] {message}")
 
-        # Echo the message back to the sender
+        # and echo it to the sender
         peer.send(message)
 
     def close(self, peer, details):

@@ -47,6 +47,8 @@ _loaded: dict[Path, ModuleType] = {}
 def example(name: str) -> ModuleType:
     """Import ``docs/examples/<name>.py`` once (the docs examples are not a package)."""
     path = EXAMPLES / f"{name}.py"
+    if str(EXAMPLES) not in sys.path:  # examples import each other, as they would in a project
+        sys.path.append(str(EXAMPLES))
     if path not in _loaded:
         spec = importlib.util.spec_from_file_location(f"docs_examples_{name}", path)
         assert spec is not None and spec.loader is not None
@@ -90,9 +92,16 @@ class LogWatcher(logging.Handler):
         self.changed = threading.Condition()
 
     def emit(self, record: logging.LogRecord) -> None:
+        self.add(record.getMessage())
+
+    def add(self, line: str) -> None:
         with self.changed:
-            self.lines.append(record.getMessage())
+            self.lines.append(line)
             self.changed.notify_all()
+
+    def print(self, *args: Any) -> None:
+        """A stand-in for ``print`` in an example module."""
+        self.add(" ".join(str(a) for a in args))
 
     def wait_for(self, pattern: str, timeout: float = TIMEOUT) -> str:
         regex = re.compile(pattern)
@@ -252,12 +261,19 @@ def test_mkdocs_build_strict_has_the_chinese_site(tmp_path: Path) -> None:
         html = zh.read_text(encoding="utf-8")
         assert 'lang="zh"' in html
         assert sum(1 for c in html if "\u4e00" <= c <= "\u9fff") > 200
+        # Same section anchors in both languages, so deep links survive the switch.
+        english = (site / page / "index.html").read_text(encoding="utf-8")
+        assert heading_ids(html) == heading_ids(english)
     en = (site / "websockets" / "index.html").read_text(encoding="utf-8")
     assert 'hreflang="zh"' in en, "no language switch on the English page"
     # The snippets were expanded: real code, not the include line, is on the page.
     assert "--8&lt;--" not in en and "--8<--" not in en
     assert "peer.wait_for_drain" in en
     assert (site / "reference" / "index.html").read_text(encoding="utf-8").count("h3_fastapi")
+
+
+def heading_ids(html: str) -> list[str]:
+    return re.findall(r'<h[2-6] id="([^"]+)"', html)
 
 
 # ---------------------------------------------------------------- 3. examples import
@@ -476,3 +492,195 @@ async def test_ws_limits(live_server: Any) -> None:
             assert (await rejected(url)).response.status_code == 503
     finally:
         module.limited.max_peers = 10_000
+
+
+# ---------------------------------------------------------------- 6. testing guide
+
+
+def test_testing_guide_examples_pass_under_pytest() -> None:
+    """The guide's test files are real test files: run them as a user would."""
+    files = ["docs/examples/testing_testclient.py", "docs/examples/testing_real_server.py"]
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"\b7 passed\b", result.stdout), result.stdout
+
+
+# ---------------------------------------------------------------- 7. coming from h3
+
+
+def upstream_app() -> Any:
+    """What the proxy examples forward to: a page, an echo API, a WebSocket echo."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, PlainTextResponse
+    from starlette.routing import Route, WebSocketRoute
+
+    async def hello(request: Any) -> Any:
+        return PlainTextResponse(f"hello from upstream via {request.headers.get('x-via')}")
+
+    async def api(request: Any) -> Any:
+        body = (await request.body()).decode()
+        return JSONResponse({"method": request.method, "path": request.url.path, "body": body})
+
+    async def ws_echo(websocket: Any) -> None:
+        await websocket.accept()
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            await websocket.send_text("upstream: " + (message.get("text") or ""))
+
+    return Starlette(
+        routes=[
+            Route("/hello", hello),
+            Route("/api/{path:path}", api, methods=["GET", "POST", "PUT"]),
+            WebSocketRoute("/_ws", ws_echo),
+        ]
+    )
+
+
+@pytest.fixture
+def from_h3(live_server: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[ModuleType, Any]:
+    upstream = live_server(upstream_app())
+    monkeypatch.setenv("UPSTREAM", upstream.url)
+    path = EXAMPLES / "coming_from_h3.py"
+    spec = importlib.util.spec_from_file_location("docs_examples_coming_from_h3_live", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.printed = LogWatcher()
+    monkeypatch.setattr(module, "print", module.printed.print, raising=False)
+    return module, live_server(module.app)
+
+
+async def test_from_h3_app_routes(from_h3: Any) -> None:
+    _, server = from_h3
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        assert (await client.get("/")).text == "Hello world"
+        assert (await client.get("/users/42")).json() == {"id": "42"}
+        assert (await client.post("/echo", json={"a": [1, 2]})).json() == {"a": [1, 2]}
+
+
+async def test_from_h3_hooks_auth_context_and_logging(from_h3: Any) -> None:
+    module, server = from_h3
+    url = server.ws_url + "/_ws"
+    assert (await rejected(url)).response.status_code == 401
+    auth = {"authorization": "Bearer s3cret"}
+    async with websockets.connect(url, additional_headers=auth) as ws:
+        assert ws.response.headers["x-powered-by"] == "h3-fastapi"
+        await ws.send("ping?")
+        assert await recv(ws) == "pong"
+    module.printed.wait_for(r"^\[ws\] open \S{36} ada$")
+    module.printed.wait_for(r"^\[ws\] close \S{36} 1000 $")
+
+
+async def test_from_h3_peer_and_message(from_h3: Any) -> None:
+    _, server = from_h3
+    async with websockets.connect(server.ws_url + "/peer") as ws:
+        await ws.send("hi")
+        first = await recv_json(ws)
+        assert first["path"] == "/peer" and first["namespace"] == "/peer"
+        assert first["remote_address"] == "127.0.0.1" and first["online"] == 1
+        assert first["count"] == 1 and first["topics"] == [] and len(first["id"]) == 36
+        await ws.send("bye")
+        assert (await recv_json(ws))["count"] == 2
+        assert await closed_with(ws) == 4000
+    async with websockets.connect(server.ws_url + "/message") as ws:
+        await ws.send("héllo")
+        text = await recv_json(ws)
+        assert text["text"] == "héllo" and text["bytes"] == 6 and not text["binary"]
+        assert text["raw_type"] == "str" and len(text["id"]) == 36
+        await ws.send(b"\xffok")
+        binary = await recv_json(ws)
+        assert binary["text"] == "\ufffdok" and binary["binary"] and binary["raw_type"] == "bytes"
+
+
+async def test_from_h3_pubsub(from_h3: Any) -> None:
+    _, server = from_h3
+    url = server.ws_url + "/chat"
+    async with websockets.connect(url) as a, websockets.connect(url) as b:
+        # a (subscribed in its sync open hook before b connected) hears b join
+        assert re.fullmatch(r"\[system\] \S{36} joined!", await recv(a))
+        await b.send("hi all")
+        assert await recv(a) == "hi all"
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            assert (await client.post("/announce")).json() == {"ok": True}
+        for ws in (a, b):
+            assert await recv(ws) == "from the handler"
+            assert await recv(ws) == "from anywhere"
+
+
+async def test_from_h3_event_stream(from_h3: Any) -> None:
+    module, server = from_h3
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        response = await asyncio.wait_for(client.get("/events"), TIMEOUT)  # the stream closes
+    assert response.headers["content-type"] == "text/event-stream"
+    assert response.text == (
+        "data: one message\n\n"
+        "data: two\n\n"
+        "data: messages\n\n"
+        "id: 1\nevent: greeting\nretry: 1000\ndata: hi\n\n"
+        ": a comment, ignored by browsers\n\n"
+    )
+    module.printed.wait_for("^Connection closed$")
+
+
+async def test_from_h3_proxy(from_h3: Any) -> None:
+    _, server = from_h3
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        assert (await client.get("/proxy")).text == "hello from upstream via h3"
+        forwarded = await client.put("/api/items/7?x=1", content=b"payload")
+        assert forwarded.json() == {"method": "PUT", "path": "/api/items/7", "body": "payload"}
+        headers = (await client.get("/headers", headers={"x-custom": "yes"})).json()
+        assert headers["x-custom"] == "yes" and "host" not in headers
+        assert (await client.get("/fetch")).text == "hello from upstream via None"
+    async with websockets.connect(server.ws_url + "/upstream-ws") as ws:
+        await ws.send("through the proxy")
+        assert await recv(ws) == "upstream: through the proxy"
+
+
+# ---------------------------------------------------------------- 8. coming from Starlette
+
+
+@pytest.mark.parametrize("prefix", ["/raw", "/ws"], ids=["raw-starlette", "h3-hooks"])
+async def test_from_starlette_chat_before_and_after_behave_alike(
+    live_server: Any, prefix: str
+) -> None:
+    server = live_server(example("coming_from_starlette").app)
+    url = server.ws_url + prefix
+    async with websockets.connect(url + "/1") as one:
+        async with websockets.connect(url + "/2") as two:
+            await one.send("hi")  # both are connected: two's handshake finished first
+            assert await recv(one) == "Client #1 says: hi"
+            assert await recv(two) == "Client #1 says: hi"
+            await two.send("hello")
+            assert await recv(one) == "Client #2 says: hello"
+            assert await recv(two) == "Client #2 says: hello"
+        assert await recv(one) == "Client #2 left the chat"
+
+
+def parse_sse(text: str) -> list[dict[str, str]]:
+    events = []
+    for block in re.split(r"\r?\n\r?\n", text):
+        fields = dict(
+            line.split(": ", 1) for line in block.splitlines() if line and not line.startswith(":")
+        )
+        if fields:
+            events.append(fields)
+    return events
+
+
+async def test_from_sse_starlette_same_events(live_server: Any) -> None:
+    server = live_server(example("coming_from_starlette").app)
+    async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as client:
+        before = await client.get("/legacy-feed")
+        after = await client.get("/feed")
+    expected = [{"id": str(n), "event": "update", "data": f"update {n}"} for n in range(3)]
+    assert parse_sse(before.text) == expected
+    assert parse_sse(after.text) == expected
+    assert after.headers["content-type"] == "text/event-stream"
