@@ -453,7 +453,14 @@ class WebSocketHandler:
                     if peer._outbox and not peer._writing:
                         await peer._flush()
                 elif kind == "websocket.disconnect":
-                    peer._finish(event.get("code") or 1005, event.get("reason") or "")
+                    # After our own close the details are what we asked for,
+                    # whatever the server reports for the reply (granian 1005,
+                    # hypercorn 1006).
+                    code, reason = peer._close_request or (
+                        int(event.get("code") or 1005),
+                        event.get("reason") or "",
+                    )
+                    peer._finish(code, reason)
                     return
         except asyncio.CancelledError:
             if peer._state == 2:
