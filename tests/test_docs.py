@@ -312,6 +312,16 @@ async def test_getting_started_h3_style(live_server: Any) -> None:
         assert await recv(ws) == "echo me"
 
 
+async def test_getting_started_sse_countdown(live_server: Any) -> None:
+    server = live_server(example("getting_started_sse").app)
+    async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as client:
+        response = await client.get("/countdown", params={"start": 2})  # ends by itself
+    assert response.headers["content-type"] == "text/event-stream"
+    assert response.text == "data: 2\n\ndata: 1\n\ndata: liftoff\n\n"
+    async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as client:
+        assert (await client.get("/countdown", params={"start": "x"})).status_code == 422
+
+
 # ---------------------------------------------------------------- 5. WebSockets guide
 
 
