@@ -21,6 +21,9 @@ from h3_fastapi import H3
 
 from . import clock, sse_seed, websocket_seed
 
+# The first message of an HTTP response, a refused handshake and an accepted one.
+_STARTS = ("http.response.start", "websocket.http.response.start", "websocket.accept")
+
 
 class WorkerHeader:
     """Pure ASGI middleware: ``x-worker-pid`` on every response and WebSocket handshake.
@@ -34,9 +37,7 @@ class WorkerHeader:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def send_with_header(message: Message) -> None:
-            if message["type"] in ("http.response.start", "websocket.http.response.start"):
-                message["headers"] = [*message.get("headers", []), self.header]
-            elif message["type"] == "websocket.accept":
+            if message["type"] in _STARTS:
                 message["headers"] = [*message.get("headers", []), self.header]
             await send(message)
 

@@ -69,7 +69,7 @@ class Hooks:
 websocket = define_websocket_handler(Hooks)
 
 app.get("/", page)
-app.use("/_ws", websocket)
+app.get("/_ws", websocket)
 
 if __name__ == "__main__":
     serve(app)
