@@ -25,10 +25,11 @@ from . import _shutdown
 from ._hooks import call_maybe_async
 from ._responses import to_response
 from .pubsub import PubSub
-from .websocket import WebSocketHandler, define_websocket_handler
+from .websocket import HOOK_NAMES, WebSocketHandler, define_websocket_handler
 
 __all__ = ["H3", "H3Router", "Server", "serve"]
 
+_HOOK_NAMES = frozenset(HOOK_NAMES)
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
@@ -128,7 +129,7 @@ class H3Router(APIRouter):
             )
             return handler
 
-        if hooks is None:
+        if hooks is None and not _HOOK_NAMES.intersection(options):
             return register
         return register(hooks)
 
@@ -246,7 +247,9 @@ class H3(FastAPI):
         def register(source: Any) -> WebSocketHandler:
             return self._route(["GET"], path, _as_handler(source, options), {})  # type: ignore[no-any-return]
 
-        return register if hooks is None else register(hooks)
+        if hooks is None and not _HOOK_NAMES.intersection(options):
+            return register
+        return register(hooks)
 
 
 def _merge(inner: Any, router: Any) -> Any:

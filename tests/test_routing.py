@@ -106,6 +106,8 @@ def test_router_forms_and_hooks_sources() -> None:
 
     per_connection = router.ws("/per-conn", lambda request: PerConnection(request))
     as_dict = router.ws("/dict", define_websocket(message=lambda p, m: p.send("dict")))
+    as_kwargs = router.ws("/kwargs", message=lambda p, m: p.send("kwargs"))
+    assert isinstance(as_kwargs, WebSocketHandler)
 
     async def async_factory(request: Request) -> dict[str, Any]:
         return {"open": lambda peer: peer.send(request.path_params["name"])}
@@ -127,6 +129,9 @@ def test_router_forms_and_hooks_sources() -> None:
         with client.websocket_connect("/dict") as ws:
             ws.send_text("?")
             assert ws.receive_text() == "dict"
+        with client.websocket_connect("/kwargs") as ws:
+            ws.send_text("?")
+            assert ws.receive_text() == "kwargs"
         with client.websocket_connect("/async/zed") as ws:
             assert ws.receive_text() == "zed"
         assert client.get("/obj").status_code == 426
