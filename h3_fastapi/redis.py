@@ -29,6 +29,7 @@ connections come back with backoff, and every topic is subscribed again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import threading
@@ -194,8 +195,9 @@ class RedisPubSub(MemoryPubSub):
     ``on_error(exc)`` (sync or async) is called when an outage begins, at the
     moment the error is logged: once per outage, not once per message.
     ``reconnect_backoff`` is the first and the longest wait between reconnect
-    attempts (seconds, doubling with jitter). A silent Redis is noticed within
-    about twice ``health_check_interval``. ``command_timeout`` bounds one
+    attempts (seconds, doubling with jitter). A Redis that stops answering
+    without closing the connection is noticed within two to three
+    ``health_check_interval``. ``command_timeout`` bounds one
     publish round trip; ``max_pending`` bounds the publishes waiting for Redis.
 
     Each process opens one connection for subscriptions and one for
@@ -231,6 +233,8 @@ class RedisPubSub(MemoryPubSub):
         self._bind_lock = threading.Lock()
         # close() was called on this loop: do not start again on it.
         self._closed_loop: asyncio.AbstractEventLoop | None = None
+        # Subscribers whose missed events are being read (see subscribe_from).
+        self._catch_ups: dict[tuple[str, Subscriber], _CatchUp] = {}
         self._reset()
 
     def _reset(self) -> None:
@@ -250,7 +254,6 @@ class RedisPubSub(MemoryPubSub):
         self._confirmed: set[str] = set()
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._channel_topics: dict[bytes, str] = {}
-        self._catch_ups: dict[tuple[str, Subscriber], _CatchUp] = {}
         self._connected = False
         self._sub_down = False
         self._pub_retry_at = 0.0
@@ -597,20 +600,24 @@ class RedisPubSub(MemoryPubSub):
         raise ConnectionError("Redis subscriber connection ended")
 
     async def _write_subscriptions(self, pubsub: Any) -> None:
+        """Send SUBSCRIBE/UNSUBSCRIBE for changed topics; PING when it has been quiet."""
         event = self._dirty_event
         assert event is not None
         loop = asyncio.get_running_loop()
         interval = self.health_check_interval
+        last_ping = loop.time()
         while True:
+            now = loop.time()
+            if now - self._last_heard > 2 * interval:
+                raise ConnectionError(f"Redis sent nothing for {2 * interval:g}s (PING unanswered)")
+            if now - last_ping >= interval:
+                await pubsub.ping()
+                last_ping = now
             if not self._dirty:
                 event.clear()
-                try:
-                    await asyncio.wait_for(event.wait(), interval)
-                except asyncio.TimeoutError:
-                    if loop.time() - self._last_heard > 2 * interval:
-                        raise ConnectionError("Redis did not answer PING") from None
-                    await pubsub.ping()
-                    continue
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(event.wait(), interval - (now - last_ping))
+                continue
             dirty, self._dirty = self._dirty, set()
             on_server = self._on_server
             topics = self.topics

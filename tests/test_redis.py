@@ -1,0 +1,971 @@
+"""RedisPubSub against a real ``redis-server`` started here on a free port.
+
+Two halves:
+
+- In this process: several ``RedisPubSub`` objects on one loop stand for
+  several processes (each has its own origin and connections); recording
+  subscribers check delivery, order, frame types, connections, outages and
+  history precisely.
+- Across processes: ``tests/apps/scale_app.py`` in 4 uvicorn processes on 4
+  ports sharing one Redis, driven by real WebSocket (``websockets``) and SSE
+  (``httpx``) clients: 200 clients x 50 messages, a WebSocket publish reaching
+  SSE on another host, SSE replay after reconnecting elsewhere, a Redis
+  restart under 100 connected clients, and ``uvicorn --workers 2`` on one port
+  running the docs example with ``H3_PUBSUB_URL``.
+
+Nothing waits by sleeping: tests wait for messages or poll a condition with a
+deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import json
+import logging
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+from websockets.asyncio.client import ClientConnection
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.uri import parse_uri
+
+from h3_fastapi import MemoryPubSub, RedisPubSub
+from h3_fastapi.pubsub import Outgoing, get_default_pubsub, parse_event_id, set_default_pubsub
+from tests.conftest import ROOT, ChildServer, free_port, need
+
+TIMEOUT = 10
+
+# ---------------------------------------------------------------- helpers
+
+
+class RedisServer:
+    """A throwaway ``redis-server`` (no persistence) that can be killed and restarted."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        command = ["redis-server", "--save", "", "--appendonly", "no"]
+        command += ["--port", str(self.port), "--bind", "127.0.0.1"]
+        self.proc = subprocess.Popen(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+            with contextlib.suppress(OSError):
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return self
+            time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def command(self, *args: str) -> Any:
+        """Run one command with a fresh plain client (not the code under test)."""
+        import redis
+
+        client = redis.Redis.from_url(self.url)
+        try:
+            return client.execute_command(*args)
+        finally:
+            client.close()
+
+
+def need_redis() -> None:
+    need(shutil.which("redis-server") is not None, "redis-server is not installed")
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    need_redis()
+    server = RedisServer().start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A Redis only this test uses (it may kill it)."""
+    need_redis()
+    server = RedisServer().start()
+    yield server
+    server.kill()
+
+
+class Recorder:
+    """A subscriber that keeps what it was given (any thread)."""
+
+    def __init__(self, namespace: str | None = None) -> None:
+        self.namespace = namespace
+        self.got: list[Outgoing] = []
+        self.changed = asyncio.Event()
+
+    def _deliver(self, outgoing: Outgoing) -> None:
+        self.got.append(outgoing)
+        self.changed.set()
+
+    @property
+    def data(self) -> list[str | bytes]:
+        return [o.data for o in self.got]
+
+    async def wait_for(self, count: int, timeout: float = TIMEOUT) -> list[str | bytes]:
+        async def enough() -> None:
+            while len(self.got) < count:
+                self.changed.clear()
+                await self.changed.wait()
+
+        try:
+            await asyncio.wait_for(enough(), timeout)
+        except asyncio.TimeoutError:
+            raise AssertionError(f"got {len(self.got)} of {count}: {self.data[-5:]}") from None
+        return self.data
+
+
+async def eventually(
+    check: Callable[[], Any], what: str, timeout: float = TIMEOUT, interval: float = 0.02
+) -> Any:
+    """Poll ``check`` (sync or async) until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def backplanes(url: str, count: int, **options: Any) -> AsyncIterator[list[RedisPubSub]]:
+    """``count`` RedisPubSub objects: stand-ins for ``count`` processes."""
+    pubsubs = [RedisPubSub(url, **options) for _ in range(count)]
+    try:
+        yield pubsubs
+    finally:
+        for pubsub in pubsubs:
+            await pubsub.close()
+
+
+async def subscribed(pubsub: RedisPubSub, topic: str, subscriber: Any) -> None:
+    pubsub.subscribe(topic, subscriber)
+    await asyncio.wait_for(pubsub.wait_subscribed(topic), TIMEOUT)
+
+
+def h3_clients(redis: RedisServer, origin: str) -> list[str]:
+    """Names of the connections a RedisPubSub opened (CLIENT LIST)."""
+    listing = redis.command("CLIENT", "LIST")
+    text = listing.decode() if isinstance(listing, bytes) else str(listing)
+    names = [part[5:] for line in text.splitlines() for part in line.split() if part[:5] == "name="]
+    return [name for name in names if name.endswith(origin[:12])]
+
+
+# ---------------------------------------------------------------- in one process
+
+
+async def test_publish_reaches_other_processes_once_and_keeps_frame_types(
+    redis_server: RedisServer,
+) -> None:
+    async with backplanes(redis_server.url, 3) as (a, b, c):
+        subs = [Recorder(), Recorder(), Recorder()]
+        for pubsub, sub in zip((a, b, c), subs, strict=True):
+            await subscribed(pubsub, "room", sub)
+        await a.publish("room", "text")
+        await b.publish("room", b"\x00\xffbinary")
+        await c.publish("room", {"json": True})
+        for sub in subs:
+            # Each publisher's own subscriber got its message once, locally;
+            # the others got it once through Redis.
+            got = await sub.wait_for(3)
+            assert sorted(map(repr, got)) == sorted(
+                map(repr, ["text", b"\x00\xffbinary", '{"json":true}'])
+            )
+        binary = next(o for o in subs[2].got if o.is_binary)
+        assert binary.data == b"\x00\xffbinary"
+        assert all(o.id is None for sub in subs for o in sub.got)
+        # One more round proves nothing was delivered twice in between.
+        await a.publish("room", "end")
+        for sub in subs:
+            assert (await sub.wait_for(4))[3] == "end"
+            assert len(sub.got) == 4
+
+
+async def test_local_delivery_does_not_wait_for_redis(redis_server: RedisServer) -> None:
+    async with backplanes(redis_server.url, 1) as (a,):
+        sub = Recorder()
+        await subscribed(a, "t", sub)
+        sent = a.publish("t", "now")
+        assert sub.data == ["now"]  # before any await: delivered synchronously
+        await sent
+
+
+async def test_namespaces_and_exclude_across_processes(redis_server: RedisServer) -> None:
+    async with backplanes(redis_server.url, 2) as (a, b):
+        sender, here_same, here_other = Recorder("/chat"), Recorder("/chat"), Recorder("/game")
+        there_same, there_other, there_stream = Recorder("/chat"), Recorder("/game"), Recorder()
+        for sub in (sender, here_same, here_other):
+            await subscribed(a, "t", sub)
+        for sub in (there_same, there_other, there_stream):
+            await subscribed(b, "t", sub)
+        # peer.publish: namespace of the sender, everyone but the sender.
+        await a.publish("t", "m", namespace="/chat", exclude=sender)
+        await there_same.wait_for(1)
+        await there_stream.wait_for(1)
+        await a.publish("t", "all")  # no namespace: every subscriber
+        await there_other.wait_for(1)
+        await there_same.wait_for(2)
+        assert sender.data == ["all"]
+        assert here_same.data == ["m", "all"] and here_other.data == ["all"]
+        assert there_same.data == ["m", "all"] and there_other.data == ["all"]
+        assert there_stream.data == ["m", "all"]
+
+
+async def test_per_publisher_order_from_the_loop_and_from_threads(
+    redis_server: RedisServer,
+) -> None:
+    async with backplanes(redis_server.url, 2) as (a, b):
+        far = Recorder()
+        await subscribed(b, "t", far)
+        await a.publish("t", "warm-up")  # binds ``a`` to this loop
+
+        def from_thread(name: str) -> None:
+            for i in range(1000):
+                a.publish("t", f"{name}:{i}")
+
+        threads = [threading.Thread(target=from_thread, args=(f"thread{n}",)) for n in range(3)]
+        for thread in threads:
+            thread.start()
+        for i in range(1000):
+            a.publish("t", f"loop:{i}")
+            if i % 100 == 0:
+                await asyncio.sleep(0)  # let the threads' publishes interleave
+        for thread in threads:
+            thread.join()
+        got = await far.wait_for(4001, timeout=20)
+        by_sender: dict[str, list[int]] = {}
+        for item in got[1:]:
+            assert isinstance(item, str)
+            name, i = item.split(":")
+            by_sender.setdefault(name, []).append(int(i))
+        assert by_sender == {
+            name: list(range(1000)) for name in ["loop", *(f"thread{n}" for n in range(3))]
+        }
+
+
+async def test_awaiting_a_publish_from_a_thread(redis_server: RedisServer) -> None:
+    async with backplanes(redis_server.url, 2, history=10) as (a, b):
+        far = Recorder()
+        await subscribed(b, "t", far)
+        await a.publish("t", "bind")
+
+        def in_thread() -> None:
+            # A thread with its own loop awaits the publish: resolved from a's loop.
+            asyncio.run(_await(a.publish("t", "from thread")))
+
+        await asyncio.to_thread(in_thread)
+        # With history the awaited publish has been XADDed: the stream shows it.
+        assert int(redis_server.command("XLEN", "h3:t")) == 2
+        assert (await far.wait_for(2))[1] == "from thread"
+
+
+async def _await(awaitable: Awaitable[Any]) -> None:
+    await awaitable
+
+
+async def test_one_connection_per_process_and_subscribe_follows_local_topics(
+    redis_server: RedisServer,
+) -> None:
+    async with backplanes(redis_server.url, 1, prefix="conn:") as (a,):
+        subs = [Recorder() for _ in range(100)]
+        for topic in range(50):
+            for sub in subs:
+                a.subscribe(f"topic{topic}", sub)
+        await asyncio.wait_for(a.wait_subscribed("topic49"), TIMEOUT)
+        await a.publish("topic0", "x")
+        names = h3_clients(redis_server, a.origin)
+        # 5,000 subscriptions, one subscriber connection and one publisher connection.
+        assert sorted(n.split("-")[1] for n in names) == ["pub", "sub"], names
+        channels = {c.decode() for c in redis_server.command("PUBSUB", "CHANNELS", "conn:*")}
+        assert channels == {f"conn:topic{t}" for t in range(50)}
+        # The channel stays while one local subscriber is left...
+        for sub in subs[:-1]:
+            a.unsubscribe("topic0", sub)
+        await a.publish("topic1", "flush")  # a round trip later, nothing changed
+        assert b"conn:topic0" in redis_server.command("PUBSUB", "CHANNELS", "conn:*")
+        # ...and goes when the last one leaves.
+        a.unsubscribe("topic0", subs[-1])
+        await eventually(
+            lambda: b"conn:topic0" not in redis_server.command("PUBSUB", "CHANNELS", "conn:*"),
+            "UNSUBSCRIBE of conn:topic0",
+        )
+        assert "topic0" not in a.confirmed_topics and "topic1" in a.confirmed_topics
+        # Subscribing again brings it back.
+        a.subscribe("topic0", subs[0])
+        await asyncio.wait_for(a.wait_subscribed("topic0"), TIMEOUT)
+
+
+async def test_close_closes_the_connections_and_local_delivery_goes_on(
+    redis_server: RedisServer,
+) -> None:
+    a = RedisPubSub(redis_server.url)
+    sub = Recorder()
+    await subscribed(a, "t", sub)
+    await a.publish("t", "before")
+    assert len(h3_clients(redis_server, a.origin)) == 2
+    await a.close()
+    await eventually(lambda: not h3_clients(redis_server, a.origin), "connections closed")
+    assert not a.connected
+    a.publish("t", "after")  # local only now, and it does not reconnect on this loop
+    assert sub.data == ["before", "after"]
+    assert not h3_clients(redis_server, a.origin)
+    await a.close()  # idempotent
+
+
+async def test_outage_local_delivery_goes_on_error_logged_once_then_resubscribed(
+    own_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    errors: list[Exception] = []
+    caplog.set_level(logging.DEBUG, logger="h3_fastapi")
+    options: dict[str, Any] = {"on_error": errors.append, "reconnect_backoff": (0.05, 0.5)}
+    async with backplanes(own_redis.url, 2, **options) as (a, b):
+        near, far = Recorder(), Recorder()
+        await subscribed(a, "t", near)
+        await subscribed(b, "t", far)
+        await a.publish("t", "up")
+        await far.wait_for(1)
+
+        own_redis.kill()
+        await eventually(lambda: not a.connected and not b.connected, "both see the outage")
+        for i in range(200):
+            a.publish("t", f"down {i}")
+        await a.publish("t", "down last")  # resolves, does not raise
+        assert near.data[-1] == "down last" and len(near.got) == 202  # local: all of them
+        errors_logged = [
+            r for r in caplog.records if r.levelno >= logging.ERROR and r.name == "h3_fastapi"
+        ]
+        assert len(errors_logged) == 2, [r.getMessage() for r in errors_logged]  # one per process
+        assert all("unreachable" in r.getMessage() for r in errors_logged)
+        assert len(errors) == 2
+
+        own_redis.start()  # same port
+        await eventually(
+            lambda: "t" in a.confirmed_topics and "t" in b.confirmed_topics,
+            "reconnect and resubscribe",
+            timeout=5,
+        )
+        await a.publish("t", "back")
+        assert (await far.wait_for(2))[1] == "back"  # nothing from the outage was queued
+        assert len(errors) == 2
+        assert [r for r in caplog.records if "is back" in r.getMessage()]
+
+
+async def test_a_silent_redis_is_noticed_by_the_health_check(own_redis: RedisServer) -> None:
+    """A Redis that stops answering but keeps the socket open (a hung host)."""
+    options: dict[str, Any] = {"health_check_interval": 0.2, "reconnect_backoff": (0.05, 0.2)}
+    async with backplanes(own_redis.url, 1, **options) as (b,):
+        far = Recorder()
+        await subscribed(b, "t", far)
+        assert own_redis.proc is not None
+        own_redis.proc.send_signal(signal.SIGSTOP)
+        try:
+            await eventually(lambda: not b.connected, "the silence noticed", timeout=5)
+        finally:
+            own_redis.proc.send_signal(signal.SIGCONT)
+        await eventually(lambda: "t" in b.confirmed_topics, "resubscribed", timeout=5)
+        async with backplanes(own_redis.url, 1) as (a,):
+            await a.publish("t", "after")
+            assert await far.wait_for(1) == ["after"]
+
+
+async def test_publish_with_redis_down_from_the_start_stays_local(caplog: Any) -> None:
+    caplog.set_level(logging.ERROR, logger="h3_fastapi")
+    async with backplanes(f"redis://127.0.0.1:{free_port()}/0", 1) as (a,):
+        sub = Recorder()
+        a.subscribe("t", sub)
+        for i in range(50):
+            a.publish("t", i)
+        await a.publish("t", "last")
+        assert len(sub.got) == 51
+        await eventually(lambda: caplog.records, "the outage log line")
+        assert len([r for r in caplog.records if r.name == "h3_fastapi"]) == 1
+
+
+async def test_malformed_messages_are_ignored(redis_server: RedisServer) -> None:
+    async with backplanes(redis_server.url, 2) as (a, b):
+        sub = Recorder()
+        await subscribed(a, "t", sub)
+        for junk in ("not an envelope", '\n["x"]\npayload', "\nnot json\nx", "\n[1, 2, 3]\nx"):
+            redis_server.command("PUBLISH", "h3:t", junk)
+        await b.publish("t", "valid")
+        assert await sub.wait_for(1) == ["valid"]
+
+
+# ---------------------------------------------------------------- history
+
+
+async def test_history_ids_are_stream_ids_and_replay_crosses_processes(
+    redis_server: RedisServer,
+) -> None:
+    async with backplanes(redis_server.url, 3, history=5, prefix="hist:") as (a, b, c):
+        near, far = Recorder(), Recorder()
+        await subscribed(a, "news", near)
+        await subscribed(b, "news", far)
+        for i in range(8):
+            a.publish("news", f"n{i}")
+        await a.publish("news", b"\x01bin")
+        await far.wait_for(9)
+        await near.wait_for(9)
+        stream = redis_server.command("XRANGE", "hist:news", "-", "+")
+        stream_ids = [entry_id.decode() for entry_id, _ in stream]
+        # The ids every process saw are the stream ids, the same everywhere.
+        assert [o.id for o in far.got][-len(stream_ids) :] == stream_ids
+        assert [o.id for o in near.got] == [o.id for o in far.got]
+        ids = [o.id for o in far.got]
+        # A process that never saw the topic reads the history from Redis: the
+        # last 5 at most (history=5), oldest first, frame types kept.
+        missed = await c.fetch_history("news", ids[2])
+        assert [o.data for o in missed] == ["n4", "n5", "n6", "n7", b"\x01bin"]
+        assert [o.id for o in missed] == ids[4:]
+        assert await c.fetch_history("news", ids[-1]) == []
+        assert await c.fetch_history("news", "made-up") == []
+        assert c.replay("news", ids[2]) == []  # Redis history is read asynchronously only
+
+
+async def test_subscribe_from_is_gapless_while_others_publish(redis_server: RedisServer) -> None:
+    async with backplanes(redis_server.url, 2, history=1000, prefix="gap:") as (a, b):
+        watcher = Recorder()
+        await subscribed(b, "t", watcher)
+
+        async def publisher() -> None:
+            for i in range(600):
+                a.publish("t", i)
+                if i % 20 == 0:
+                    await asyncio.sleep(0)
+
+        task = asyncio.create_task(publisher())
+        await watcher.wait_for(200)
+        resume = watcher.got[150]
+        late = Recorder()
+        # ``late`` lives in b, which is subscribed already; and in a fresh process c.
+        await b.subscribe_from("t", late, resume.id)
+        async with backplanes(redis_server.url, 1, history=1000, prefix="gap:") as (c,):
+            elsewhere = Recorder()
+            await c.subscribe_from("t", elsewhere, resume.id)
+            await task
+            await a.publish("t", "done")
+            await late.wait_for(600 - 151 + 1)
+            await elsewhere.wait_for(600 - 151 + 1)
+            expected = [str(i) for i in range(151, 600)] + ["done"]
+            assert late.data == expected
+            assert elsewhere.data == expected
+
+
+async def test_unsubscribe_during_catch_up(redis_server: RedisServer) -> None:
+    async with backplanes(redis_server.url, 1, history=10, prefix="cu:") as (a,):
+        first = Recorder()
+        await subscribed(a, "t", first)
+        await a.publish("t", "one")
+        late = Recorder()
+        pending = a.subscribe_from("t", late, "0-0")
+        a.unsubscribe("t", late)
+        await pending
+        await a.publish("t", "two")
+        await first.wait_for(2)
+        assert late.data == []
+        assert a.subscribers("t") == [first]
+
+
+# ---------------------------------------------------------------- packaging
+
+
+def test_without_the_redis_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    code = (
+        "import sys; sys.modules['redis'] = None; sys.modules['redis.asyncio'] = None\n"
+        "import h3_fastapi\n"  # imports fine without the extra
+        "try:\n    h3_fastapi.RedisPubSub('redis://localhost')\n"
+        "except ImportError as exc:\n    print(exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert "pip install 'h3-fastapi[redis]'" in out.stdout
+
+
+def test_env_selects_redis_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("H3_PUBSUB_URL", "redis://127.0.0.1:1/0")
+    set_default_pubsub(None)
+    try:
+        pubsub = get_default_pubsub()
+        assert isinstance(pubsub, RedisPubSub) and pubsub.url == "redis://127.0.0.1:1/0"
+    finally:
+        set_default_pubsub(None)
+    monkeypatch.setenv("H3_PUBSUB_URL", "memory://")
+    try:
+        assert type(get_default_pubsub()) is MemoryPubSub
+    finally:
+        set_default_pubsub(None)
+
+
+# ---------------------------------------------------------------- across processes
+
+
+class Cluster:
+    """``scale_app`` in several uvicorn processes on their own ports, one Redis."""
+
+    def __init__(self, redis: RedisServer, count: int) -> None:
+        env = {"SCALE_REDIS_URL": redis.url, "SCALE_PREFIX": f"scale{free_port()}:"}
+        self.redis = redis
+        # Clients busy reading ~10,000 frames answer pings late on a loaded
+        # machine; uvicorn's 20 s keepalive must not be what the test measures.
+        args = ["--ws-ping-interval", "600", "--ws-ping-timeout", "600"]
+        self.servers = [
+            ChildServer("tests.apps.scale_app:app", free_port(), args, env) for _ in range(count)
+        ]
+        for server in self.servers:  # they started together; wait for each
+            server.wait_ready(30)
+
+    async def status(self) -> list[dict[str, Any]]:
+        async with httpx.AsyncClient(timeout=5) as client:
+            replies = await asyncio.gather(*(client.get(s.url + "/status") for s in self.servers))
+        return [r.json() for r in replies]
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(redis_server: RedisServer) -> Iterator[Cluster]:
+    cluster = Cluster(redis_server, 4)
+    yield cluster
+    cluster.stop()
+
+
+async def ws_connect(url: str) -> ClientConnection:
+    return await websockets.connect(
+        url, compression=None, ping_interval=None, proxy=None, open_timeout=30, max_queue=None
+    )
+
+
+async def join_chat(url: str, path: str = "/chat") -> tuple[ClientConnection, int]:
+    """Connect and wait for ``ready`` (sent once Redis confirmed the subscription)."""
+    ws = await ws_connect(url + path)
+    hello = json.loads(await asyncio.wait_for(ws.recv(), 30))
+    assert hello["confirmed"], hello
+    return ws, hello["ready"]
+
+
+class FrameClient(asyncio.Protocol):
+    """A WebSocket client on the ``websockets`` library's sans-I/O protocol.
+
+    ``on_frame(frame)`` is called for each text or binary frame as it is
+    parsed. The library's asyncio client spends about 40 µs per received frame
+    (a future per ``recv``); the 200 x 50 test receives 1,990,000 frames, so it
+    drives the same library's protocol directly (about 9 µs per frame).
+    """
+
+    def __init__(self, url: str, on_frame: Callable[[Frame], None]) -> None:
+        self.protocol = ClientProtocol(parse_uri(url))
+        self.on_frame = on_frame
+        loop = asyncio.get_running_loop()
+        self.opened: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self.transport: asyncio.Transport | None = None
+
+    @classmethod
+    async def connect(cls, url: str, on_frame: Callable[[Frame], None]) -> FrameClient:
+        parts = parse_uri(url)
+        loop = asyncio.get_running_loop()
+        _, client = await loop.create_connection(lambda: cls(url, on_frame), parts.host, parts.port)
+        await asyncio.wait_for(client.opened, 30)
+        return client
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.protocol.send_request(self.protocol.connect())
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        self.protocol.receive_data(data)
+        for event in self.protocol.events_received():
+            if isinstance(event, Frame):
+                if event.opcode in (Opcode.TEXT, Opcode.BINARY):
+                    self.on_frame(event)
+            elif not self.opened.done():
+                error = self.protocol.handshake_exc
+                if error is None:
+                    self.opened.set_result(None)
+                else:
+                    self.opened.set_exception(error)
+        self._flush()  # pongs, close frames
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError("connection lost during handshake"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def send(self, data: str | bytes) -> None:
+        if isinstance(data, str):
+            self.protocol.send_text(data.encode())
+        else:
+            self.protocol.send_binary(data)
+        self._flush()
+
+    async def close(self) -> None:
+        if not self.closed.done():
+            self.protocol.send_close(1000)
+            self._flush()
+            await asyncio.wait_for(self.closed, TIMEOUT)
+
+    def _flush(self) -> None:
+        assert self.transport is not None
+        for chunk in self.protocol.data_to_send():
+            if chunk:
+                self.transport.write(chunk)
+            elif self.transport.can_write_eof():
+                self.transport.write_eof()
+
+
+class ChatMember:
+    """One of the 200 clients: checks every frame as it arrives."""
+
+    def __init__(self, me: int, clients: int, per_client: int) -> None:
+        self.me = me
+        self.clients = clients
+        self.expected = [0] * clients
+        self.remaining = (clients - 1) * per_client
+        self.markers: set[int] = set()
+        loop = asyncio.get_running_loop()
+        self.ready: asyncio.Future[int] = loop.create_future()
+        self.received_all: asyncio.Future[None] = loop.create_future()
+        self.markers_done: asyncio.Future[None] = loop.create_future()
+
+    def on_frame(self, frame: Frame) -> None:
+        try:
+            self._check(frame)
+        except Exception as exc:  # report it on the futures the test awaits
+            for future in (self.ready, self.received_all, self.markers_done):
+                if not future.done():
+                    future.set_exception(exc)
+
+    def _check(self, frame: Frame) -> None:
+        binary = frame.opcode is Opcode.BINARY
+        text = frame.data.decode()
+        if not self.ready.done():
+            hello = json.loads(text)
+            assert hello["confirmed"], hello
+            self.ready.set_result(hello["ready"])
+            return
+        if self.remaining:
+            sender, seq = map(int, text.split(":"))
+            assert sender != self.me, "a client got its own message back"
+            assert binary == (sender % 2 == 1), "frame type changed on the way"
+            assert seq == self.expected[sender], f"{self.me}: {sender}:{seq} out of order"
+            self.expected[sender] += 1
+            self.remaining -= 1
+            if not self.remaining:
+                self.received_all.set_result(None)
+            return
+        # After all 9,950: only the other clients' end markers, each once.
+        assert text.startswith("end:") and not binary, f"{self.me}: extra frame {text!r}"
+        sender = int(text[4:])
+        assert sender != self.me and sender not in self.markers, f"marker {sender} twice"
+        self.markers.add(sender)
+        if len(self.markers) == self.clients - 1:
+            self.markers_done.set_result(None)
+
+
+async def test_200_clients_on_4_processes_get_every_message_once_in_order(
+    cluster: Cluster,
+) -> None:
+    """Each of 200 clients publishes 50 messages; each gets the other 9,950 once, in order."""
+    clients, per_client = 200, 50
+    servers = cluster.servers
+    members = [ChatMember(i, clients, per_client) for i in range(clients)]
+    started = time.monotonic()
+    sockets = await asyncio.gather(
+        *(
+            FrameClient.connect(servers[i % len(servers)].ws_url + "/chat", m.on_frame)
+            for i, m in enumerate(members)
+        )
+    )
+    pids = await asyncio.wait_for(asyncio.gather(*(m.ready for m in members)), 30)
+    assert len(set(pids)) == len(servers)  # spread over 4 processes, all subscribed
+    connected = time.monotonic()
+
+    for seq in range(per_client):  # everyone at once, each in its own order
+        for i, ws in enumerate(sockets):
+            body = f"{i}:{seq}"
+            ws.send(body.encode() if i % 2 else body)  # odd clients send binary
+    try:
+        await asyncio.wait_for(asyncio.gather(*(m.received_all for m in members)), 90)
+    except asyncio.TimeoutError:
+        left = sorted(m.remaining for m in members)
+        raise AssertionError(
+            f"not every message arrived in 90 s: frames still missing per client "
+            f"min {left[0]} median {left[len(left) // 2]} max {left[-1]}; "
+            f"servers: {await cluster.status()}"
+        ) from None
+    delivered = time.monotonic()
+    assert all(
+        m.expected == [0 if j == m.me else per_client for j in range(clients)] for m in members
+    )
+
+    # Nothing more may arrive: each client sends an end marker, and the next
+    # 199 frames every client reads must be exactly the others' markers.
+    closed = [ws.protocol.close_rcvd for ws in sockets if ws.protocol.close_rcvd]
+    assert not closed, f"clients were disconnected: {closed[:3]}"
+    for i, ws in enumerate(sockets):
+        ws.send(f"end:{i}")
+    await asyncio.wait_for(asyncio.gather(*(m.markers_done for m in members)), 30)
+    closed = [ws.protocol.close_rcvd for ws in sockets if ws.closed.done()]
+    assert not closed, f"clients were disconnected: {closed[:3]}"
+    await asyncio.gather(*(ws.close() for ws in sockets))
+    total = clients * (clients - 1) * per_client
+    print(
+        f"\n200x50 over 4 processes: connected in {connected - started:.1f}s, {total:,} "
+        f"deliveries in {delivered - connected:.1f}s ({total / (delivered - connected):,.0f}/s)"
+    )
+
+
+async def sse_events(
+    url: str, headers: dict[str, str] | None = None
+) -> AsyncIterator[dict[str, str]]:
+    """Events of an SSE response, after a ``{"status": "200"}`` item for the headers.
+
+    A comment line gives a ``{"comment": ...}`` item.
+    """
+    async with httpx.AsyncClient(timeout=httpx.Timeout(30, read=None)) as client:
+        async with client.stream("GET", url, headers=headers or {}) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            yield {"status": str(response.status_code)}
+            event: dict[str, str] = {}
+            async for line in response.aiter_lines():
+                if line.startswith(":"):
+                    yield {"comment": line[1:].strip()}
+                elif line == "":
+                    if event:
+                        yield event
+                    event = {}
+                else:
+                    name, _, value = line.partition(": ")
+                    event[name] = value
+
+
+async def next_event(events: AsyncIterator[dict[str, str]]) -> dict[str, str]:
+    return await asyncio.wait_for(anext(events), TIMEOUT)
+
+
+async def next_data(events: AsyncIterator[dict[str, str]]) -> dict[str, str]:
+    """The next event with data (comments are not events for an SSE client)."""
+    while True:
+        event = await next_event(events)
+        if "data" in event:
+            return event
+
+
+async def open_events(url: str, headers: dict[str, str] | None = None) -> Any:
+    """An SSE stream of ``scale_app``, once its subscription is confirmed."""
+    events = sse_events(url, headers)
+    assert await next_event(events) == {"status": "200"}
+    assert await next_event(events) == {"comment": "subscribed"}
+    return events
+
+
+async def test_websocket_publish_on_host_a_reaches_sse_on_host_b(cluster: Cluster) -> None:
+    host_a, host_b = cluster.servers[0], cluster.servers[1]
+    events = await open_events(host_b.url + "/events/chat")
+    ws, pid_a = await join_chat(host_a.ws_url)
+    try:
+        await ws.send("hello from A")
+        assert (await next_event(events))["data"] == "hello from A"
+        await ws.send(b"binary from A")  # SSE carries text: UTF-8 of the bytes
+        assert (await next_event(events))["data"] == "binary from A"
+        # A plain ``def`` endpoint on A (a worker thread) publishes with
+        # module-level publish: SSE on B and the WebSocket on A get it.
+        async with httpx.AsyncClient() as client:
+            reply = await client.post(
+                host_a.url + "/publish/chat", params={"data": "from a thread"}
+            )
+        assert reply.json()["pid"] == pid_a
+        assert (await next_event(events))["data"] == "from a thread"
+        assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "from a thread"
+    finally:
+        await ws.close()
+        await events.aclose()
+
+
+async def test_sse_replay_after_reconnecting_to_another_process(cluster: Cluster) -> None:
+    """Disconnect, 10 publishes, reconnect elsewhere with Last-Event-ID: the 10, then live."""
+    a, b, c = cluster.servers[0], cluster.servers[1], cluster.servers[2]
+    publisher, _ = await join_chat(a.ws_url, "/feed")
+    try:
+        events = await open_events(b.url + "/feed/events/feed")
+        await publisher.send("seen")
+        seen = await next_event(events)
+        assert seen["data"] == "seen" and parse_event_id(seen["id"])
+        await events.aclose()  # the client goes away
+
+        for i in range(10):
+            await publisher.send(f"missed {i}")
+        async with httpx.AsyncClient() as client:  # and one from a thread on another host
+            await client.post(c.url + "/publish/feed", params={"data": "missed 10", "feed": True})
+
+        events = sse_events(c.url + "/feed/events/feed", {"Last-Event-ID": seen["id"]})
+        assert await next_event(events) == {"status": "200"}
+        replayed = [await next_data(events) for _ in range(11)]
+        assert [e.get("data") for e in replayed] == [f"missed {i}" for i in range(11)]
+        keys = [parse_event_id(e["id"]) for e in [seen, *replayed]]
+        assert keys == sorted(keys) and len(set(keys)) == 12
+        await publisher.send("live")
+        live = await next_data(events)
+        assert live["data"] == "live" and parse_event_id(live["id"]) > keys[-1]  # type: ignore[operator]
+        await events.aclose()
+    finally:
+        await publisher.close()
+
+
+async def test_redis_restart_with_100_clients_connected(cluster: Cluster) -> None:
+    """Kill Redis under 100 clients, restart it: nobody is dropped, publishes resume < 5 s."""
+    servers = cluster.servers
+    joined = await asyncio.gather(*(join_chat(servers[i % 4].ws_url) for i in range(100)))
+    sockets = [ws for ws, _ in joined]
+    by_server = [[ws for i, ws in enumerate(sockets) if i % 4 == s] for s in range(4)]
+    try:
+        cluster.redis.kill()
+        await eventually(
+            lambda: _all(cluster, lambda s: not s["connected"]), "every process sees the outage"
+        )
+        # Local delivery goes on: a client on server 0 reaches the 24 others there.
+        await by_server[0][0].send("during the outage")
+        for ws in by_server[0][1:]:
+            assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "during the outage"
+
+        cluster.redis.start()  # same port
+        restarted = time.monotonic()
+        try:
+            await eventually(
+                lambda: _all(cluster, lambda s: s["connected"] and "chat" in s["confirmed"]),
+                "every process resubscribed",
+                timeout=5,
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {await cluster.status()}") from None
+        resubscribed = time.monotonic() - restarted
+        for s in range(4):
+            await by_server[s][0].send(f"after:{s}")
+
+        async def gets_the_others(ws: ClientConnection) -> None:
+            expected = {f"after:{s}" for s in range(4) if by_server[s][0] is not ws}
+            got = set()
+            while len(got) < len(expected):
+                frame = await ws.recv()
+                # Nothing published during the outage crosses later (at-most-once).
+                assert frame != "during the outage", "an outage publish was queued"
+                got.add(frame)
+            assert got == expected
+
+        await asyncio.wait_for(
+            asyncio.gather(*(gets_the_others(ws) for ws in sockets)),
+            max(0.1, 5 - (time.monotonic() - restarted)),
+        )
+        recovered = time.monotonic() - restarted
+        assert all(ws.close_code is None for ws in sockets), "a client was disconnected"
+        assert [s["peers"] for s in await cluster.status()] == [25, 25, 25, 25]
+        print(
+            f"\nredis restart: resubscribed in {resubscribed:.2f}s, all delivered {recovered:.2f}s"
+        )
+    finally:
+        await asyncio.gather(*(ws.close() for ws in sockets))
+
+
+async def _all(cluster: Cluster, check: Callable[[dict[str, Any]], bool]) -> bool:
+    return all(check(s) for s in await cluster.status())
+
+
+# ---------------------------------------------------------------- the docs recipe
+
+
+def _example(name: str) -> ModuleType:
+    path = ROOT / "docs" / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"scaling_test_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_docs_recipe_uvicorn_workers_2_on_one_port(redis_server: RedisServer) -> None:
+    """``H3_PUBSUB_URL=... uvicorn scaling_app:app --workers 2``: one chat across workers."""
+    server = ChildServer(
+        "scaling_app:app",
+        free_port(),
+        ["--workers", "2", "--app-dir", str(Path("docs") / "examples")],
+        {"H3_PUBSUB_URL": redis_server.url},
+    )
+    try:
+        server.wait_ready(30)
+        sockets: list[ClientConnection] = []
+
+        def subscribed_workers() -> int:
+            reply = redis_server.command("PUBSUB", "NUMSUB", "h3:chat")
+            return int(reply[1])
+
+        # The kernel hands connections to either worker: connect until both
+        # workers have a chat member (each worker subscribes "h3:chat" once).
+        while subscribed_workers() < 2 and len(sockets) < 60:
+            sockets += await asyncio.gather(
+                *(ws_connect(server.ws_url + "/chat") for _ in range(4))
+            )
+            with contextlib.suppress(AssertionError):
+                await eventually(lambda: subscribed_workers() >= 2, "both workers", timeout=0.5)
+        assert subscribed_workers() == 2, "every connection went to one worker"
+
+        # Both workers are subscribed already: the stream is live once it answers.
+        events = sse_events(server.url + "/chat/events")
+        assert await next_event(events) == {"status": "200"}
+        await sockets[0].send("hello workers")
+        for ws in sockets[1:]:
+            assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "hello workers"
+        assert (await next_event(events))["data"] == "hello workers"
+        async with httpx.AsyncClient() as client:
+            await client.post(server.url + "/chat/announce", params={"text": "announcement"})
+        for ws in sockets:
+            assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "announcement"
+        await events.aclose()
+        await asyncio.gather(*(ws.close() for ws in sockets))
+    finally:
+        server.stop()
