@@ -43,6 +43,10 @@ if [ -z "$PY2" ]; then
   fi
 fi
 
+# One install at a time (two test runs may start together).
+mkdir -p "$(dirname "$TARGET")"
+exec 9>"$TARGET.lock"
+flock 9
 if [ ! -f "$TARGET/.installed" ]; then
   echo "autobahn: installing autobahntestsuite==$AUTOBAHN_VERSION into $TARGET"
   rm -rf "$TARGET"
@@ -52,6 +56,7 @@ if [ ! -f "$TARGET/.installed" ]; then
   "$PY2" -c "import site; site.addsitedir('$TARGET'); import autobahntestsuite.wstest"
   touch "$TARGET/.installed"
 fi
+flock -u 9
 
 rm -rf "$OUT"
 mkdir -p "$OUT"
