@@ -160,7 +160,7 @@ def _clients() -> dict[str, Callable[[], httpx.AsyncClient]]:
         makers["httpx-aiohttp"] = lambda: httpx.AsyncClient(
             transport=AiohttpTransport(limits=limits), timeout=timeout
         )
-    proxy_module = importlib.import_module("h3_fastapi.proxy")
+    proxy_module = importlib.import_module("h3_fastapi._transports")
     if proxy_module._aiohttp_transport(None) is not None:
         makers["h3 aiohttp"] = lambda: httpx.AsyncClient(
             transport=proxy_module._aiohttp_transport(None), timeout=timeout

@@ -13,6 +13,8 @@ import re
 from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit
 
+from starlette.requests import Request
+
 __all__ = [
     "FRAMING_REQUEST_HEADERS",
     "IGNORED_REQUEST_HEADERS",
@@ -21,10 +23,12 @@ __all__ = [
     "connection_tokens",
     "filter_request_headers",
     "filter_response_headers",
+    "get_proxy_request_headers",
     "merge_headers",
     "origin_of",
     "rewrite_cookie",
     "rewrite_location_headers",
+    "x_forwarded",
 ]
 
 # Request headers the proxy never forwards as they came in.
@@ -258,3 +262,39 @@ def rewrite_location_headers(
                     value = match.group(1) + quote + new_url + quote + match.group(4)
         result.append((name, value))
     return result
+
+
+def get_proxy_request_headers(
+    request: Request,
+    *,
+    host: bool = False,
+    forward_headers: Iterable[str] | None = None,
+    filter_headers: Iterable[str] | None = None,
+) -> dict[str, str]:
+    """The incoming request headers that are safe to forward (lower-case names).
+
+    Drops ``transfer-encoding, accept-encoding, connection, keep-alive,
+    upgrade, expect, te, trailer, host, proxy-authorization,
+    proxy-connection`` and every header the request's ``Connection`` names.
+    ``host=True`` keeps ``host``; ``forward_headers`` keeps the soft drops
+    (``host``, ``accept-encoding``, ``expect``) but never a hop-by-hop one;
+    ``filter_headers`` drops more and wins over both.
+    """
+    items = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
+    return filter_request_headers(
+        items, host=host, forward_headers=forward_headers, filter_headers=filter_headers
+    )
+
+
+def x_forwarded(headers: dict[str, str], request: Request) -> dict[str, str]:
+    """``xfwd``: append the client to ``x-forwarded-for``, set proto/host/port."""
+    headers = dict(headers)
+    client = request.client
+    if client is not None and client.host:
+        previous = headers.get("x-forwarded-for")
+        headers["x-forwarded-for"] = f"{previous}, {client.host}" if previous else client.host
+    url = request.url
+    headers["x-forwarded-proto"] = url.scheme
+    headers["x-forwarded-host"] = url.netloc
+    headers["x-forwarded-port"] = str(url.port or (443 if url.scheme == "https" else 80))
+    return headers

@@ -34,7 +34,7 @@ from h3_fastapi._headers import (
 from tests.apps.proxy_app import Signals, make_upstream
 from tests.conftest import ROOT, LiveServer, free_port
 
-proxy_module = importlib.import_module("h3_fastapi.proxy")  # the package re-exports proxy()
+proxy_module = importlib.import_module("h3_fastapi._transports")  # the package re-exports proxy()
 
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "PROPFIND", "REPORT"]
 
