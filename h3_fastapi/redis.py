@@ -31,9 +31,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
 import threading
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator, Iterable
 from typing import Any
@@ -227,10 +229,12 @@ class RedisPubSub(MemoryPubSub):
         self.health_check_interval = health_check_interval
         self.command_timeout = command_timeout
         self.max_pending = max_pending
-        #: Random id of this pub/sub; its own messages coming back from Redis are skipped.
+        #: Random id of this pub/sub in this process; its own messages coming
+        #: back from Redis are skipped. A forked child gets a new one.
         self.origin = uuid.uuid4().hex
         self._origin_bytes = self.origin.encode()
         self._bind_lock = threading.Lock()
+        _instances.add(self)
         # close() was called on this loop: do not start again on it.
         self._closed_loop: asyncio.AbstractEventLoop | None = None
         # Subscribers whose missed events are being read (see subscribe_from).
@@ -426,6 +430,15 @@ class RedisPubSub(MemoryPubSub):
             self._reset()
 
     # --- loop binding -----------------------------------------------------
+
+    def _after_fork(self) -> None:
+        """In a forked child (gunicorn ``--preload``): new origin, no inherited connections."""
+        self.origin = uuid.uuid4().hex
+        self._origin_bytes = self.origin.encode()
+        self._bind_lock = threading.Lock()
+        self._closed_loop = None
+        self._catch_ups.clear()
+        self._reset()
 
     def _loop_for_call(self) -> asyncio.AbstractEventLoop | None:
         """The loop the backplane runs on; the first call from a loop starts it there."""
@@ -918,6 +931,18 @@ class RedisPubSub(MemoryPubSub):
                 _redacted(self.url),
                 len(self.topics),
             )
+
+
+_instances: weakref.WeakSet[RedisPubSub] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for pubsub in list(_instances):
+        pubsub._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _chunks(items: list[str]) -> Iterable[list[str]]:

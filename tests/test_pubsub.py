@@ -9,6 +9,7 @@ through a real uvicorn and an SSE client.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import re
 import threading
 from typing import Any
@@ -20,6 +21,7 @@ from fastapi import FastAPI, Request
 from h3_fastapi import EventStream, MemoryPubSub, PubSub, create_event_stream
 from h3_fastapi import publish as module_publish
 from h3_fastapi.pubsub import Outgoing, get_default_pubsub, parse_event_id, set_default_pubsub
+from tests.conftest import ROOT
 
 
 class Recorder:
@@ -289,3 +291,25 @@ async def _next_event(lines: Any) -> dict[str, str]:
             continue
         name, _, value = line.partition(": ")
         event[name] = value
+
+
+async def test_docs_scaling_memory_example(live_server: Any) -> None:
+    """``docs/examples/scaling_memory.py``: history and replay without Redis."""
+    path = ROOT / "docs" / "examples" / "scaling_memory.py"
+    spec = importlib.util.spec_from_file_location("docs_scaling_memory_test", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    server = live_server(module.app)
+    async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:
+        for value in range(3):
+            assert (await client.post("/ticks", params={"value": value})).status_code == 200
+        kept = module.pubsub.replay("ticks", "0")
+        assert [o.data for o in kept] == ["0", "1", "2"]
+        headers = {"Last-Event-ID": kept[0].id}
+        async with client.stream("GET", "/ticks", headers=headers) as response:
+            lines = response.aiter_lines()
+            missed = [await _next_event(lines) for _ in range(2)]
+            assert [(e["id"], e["data"]) for e in missed] == [(o.id, o.data) for o in kept[1:]]
+            await client.post("/ticks", params={"value": 3})
+            assert (await _next_event(lines))["data"] == "3"

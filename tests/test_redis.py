@@ -24,6 +24,7 @@ import contextlib
 import importlib.util
 import json
 import logging
+import multiprocessing
 import shutil
 import signal
 import socket
@@ -428,6 +429,29 @@ async def test_malformed_messages_are_ignored(redis_server: RedisServer) -> None
             redis_server.command("PUBLISH", "h3:t", junk)
         await b.publish("t", "valid")
         assert await sub.wait_for(1) == ["valid"]
+
+
+def _publish_from_forked_child(pubsub: RedisPubSub, parent_origin: str) -> None:
+    async def run() -> None:
+        assert pubsub.origin != parent_origin  # or the parent would skip it as its own
+        await pubsub.publish("t", "from the child")
+        await pubsub.close()
+
+    asyncio.run(run())
+
+
+async def test_a_forked_worker_gets_its_own_origin(redis_server: RedisServer) -> None:
+    """gunicorn ``--preload`` builds the pub/sub before forking its workers."""
+    async with backplanes(redis_server.url, 1, prefix="fork:") as (a,):
+        sub = Recorder()
+        await subscribed(a, "t", sub)
+        child = multiprocessing.get_context("fork").Process(
+            target=_publish_from_forked_child, args=(a, a.origin)
+        )
+        child.start()
+        await asyncio.to_thread(child.join, 20)
+        assert child.exitcode == 0
+        assert await sub.wait_for(1) == ["from the child"]
 
 
 # ---------------------------------------------------------------- history
@@ -969,3 +993,34 @@ async def test_docs_recipe_uvicorn_workers_2_on_one_port(redis_server: RedisServ
         await asyncio.gather(*(ws.close() for ws in sockets))
     finally:
         server.stop()
+
+
+async def test_docs_redis_example_replays_from_the_stream(
+    redis_server: RedisServer, live_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``docs/examples/scaling_redis.py``: prefix, history, replay, publish from HTTP."""
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    module = _example("scaling_redis")
+    server = live_server(module.app)
+    async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:
+        events = sse_events(server.url + "/news")
+        assert await next_event(events) == {"status": "200"}
+        # The stream is subscribed once it answers; Redis confirms it shortly.
+        await eventually(lambda: "news" in module.pubsub.confirmed_topics, "subscription")
+        async with websockets.connect(server.ws_url + "/newsroom", proxy=None) as reporter:
+            await eventually(lambda: len(module.pubsub.subscribers("news")) == 2, "reporter")
+            await reporter.send("first")
+            first = await next_data(events)
+            assert first["data"] == "first"
+            await events.aclose()
+            for i in range(3):
+                await client.post("/news", params={"text": f"while away {i}"})
+            assert await asyncio.wait_for(reporter.recv(), TIMEOUT) == "while away 0"
+        assert redis_server.command("XLEN", "myapp:news") == 4  # the prefix names the stream
+        events = sse_events(server.url + "/news", {"Last-Event-ID": first["id"]})
+        assert await next_event(events) == {"status": "200"}
+        missed = [(await next_data(events))["data"] for _ in range(3)]
+        assert missed == [f"while away {i}" for i in range(3)]
+        await client.post("/news", params={"text": "live"})
+        assert (await next_data(events))["data"] == "live"
+        await events.aclose()
