@@ -419,7 +419,8 @@ class RedisPubSub(MemoryPubSub):
         self._queue.clear()
         for waiters in self._waiters.values():
             for future in waiters:
-                future.cancel()
+                if not future.done():
+                    future.set_exception(ConnectionError("RedisPubSub was closed"))
         for client in (self._sub_client, self._pub_client):
             if client is not None:
                 try:
@@ -859,6 +860,8 @@ class RedisPubSub(MemoryPubSub):
                 missed = await self.fetch_history(topic, last_event_id)
         except asyncio.TimeoutError:
             logger.warning("h3_fastapi: Redis did not confirm %r in time; no replay", topic)
+        except Exception as exc:  # closed meanwhile: live events only
+            logger.debug("h3_fastapi: no replay for %r: %r", topic, exc)
         finally:
             self._hand_over(topic, catch_up, last_event_id, missed)
             self._chores.discard(task)
