@@ -532,7 +532,7 @@ async def test_unsubscribe_during_catch_up(redis_server: RedisServer) -> None:
 # ---------------------------------------------------------------- packaging
 
 
-def test_without_the_redis_package(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_the_redis_package() -> None:
     code = (
         "import sys; sys.modules['redis'] = None; sys.modules['redis.asyncio'] = None\n"
         "import h3_fastapi\n"  # imports fine without the extra
