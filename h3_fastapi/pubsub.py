@@ -30,6 +30,7 @@ __all__ = [
     "Outgoing",
     "PubSub",
     "Subscriber",
+    "current_default",
     "get_default_pubsub",
     "parse_event_id",
     "publish",
@@ -305,6 +306,11 @@ def get_default_pubsub() -> PubSub:
                     _default = RedisPubSub(url)
                 else:
                     _default = MemoryPubSub()
+    return _default
+
+
+def current_default() -> PubSub | None:
+    """The process-wide pub/sub if one was created (for closing it at shutdown)."""
     return _default
 
 

@@ -22,6 +22,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp
 
 from . import _shutdown
+from . import pubsub as pubsub_module
 from ._hooks import call_maybe_async
 from ._responses import to_response
 from .pubsub import PubSub
@@ -80,10 +81,15 @@ async def _close_on_shutdown(router: Any) -> AsyncIterator[None]:
     """Lifespan: on shutdown close open peers (1001), streams and the pub/sub."""
     yield
     await _shutdown.notify_server_exit()
-    closed: set[int] = set()
-    for handler in _handlers(router):
+    handlers = _handlers(router)
+    for handler in handlers:
         handler.close_all(1001, "server shutting down")
-        pubsub = handler.pubsub
+    # The backplanes in use, the process-wide one included (event streams use
+    # it even where no handler does), each closed once.
+    backplanes = [h.pubsub for h in handlers]
+    backplanes += [getattr(router, "pubsub", None), pubsub_module.current_default()]
+    closed: set[int] = set()
+    for pubsub in backplanes:
         if pubsub is not None and id(pubsub) not in closed:
             closed.add(id(pubsub))
             await pubsub.close()
