@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import re
-import selectors
 import signal
 import subprocess
 import sys
@@ -199,29 +198,18 @@ def test_clock_module_is_a_fastapi_router() -> None:
 # ---------------------------------------------------------------- python -m example_app
 
 
-class ExampleApp:
-    """``python -m example_app`` in a child process, as ``make run`` starts it.
+class ChildOutput:
+    """Reads a child process's output in a thread, so its pipe never fills up.
 
-    A thread reads its output into ``lines`` (so the pipe never fills up) and
-    tests wait on that instead of sleeping.
+    Tests wait on lines (a condition variable) instead of sleeping or polling.
     """
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        if "--log-level" not in args:
-            args = (*args, "--log-level", "warning")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "example_app", *args],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
         self.lines: list[str] = []
         self.changed = threading.Condition()
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
-        self.url = ""
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -234,20 +222,38 @@ class ExampleApp:
             self.changed.notify_all()
 
     def wait_for(self, pattern: str, count: int = 1, timeout: float = 20) -> str:
-        """Wait until ``count`` output lines match; all output so far."""
+        """Wait until ``count`` lines match (or the child exits); all output so far."""
         regex = re.compile(pattern)
 
-        def ready() -> bool:
-            return sum(1 for line in self.lines if regex.search(line)) >= count or (
-                "<exited>" in self.lines
-            )
+        def matches() -> int:
+            return sum(1 for line in self.lines if regex.search(line))
 
         with self.changed:
-            self.changed.wait_for(ready, timeout)
+            self.changed.wait_for(lambda: matches() >= count or "<exited>" in self.lines, timeout)
             output = "\n".join(self.lines)
-        if sum(1 for line in output.splitlines() if regex.search(line)) < count:
-            raise AssertionError(f"no {pattern!r} in the output:\n{output}")
+            found = matches()
+        if found < count:
+            raise AssertionError(f"{found}/{count} lines match {pattern!r} in:\n{output}")
         return output
+
+
+class ExampleApp:
+    """``python -m example_app`` in a child process, as ``make run`` starts it."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        if "--log-level" not in args:
+            args = (*args, "--log-level", "warning")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "example_app", *args],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.output = ChildOutput(self.proc)
+        self.wait_for = self.output.wait_for
+        self.url = ""
 
     def read_banner(self) -> str:
         """Wait for the banner; remember the chat URL it names."""
@@ -274,7 +280,7 @@ class ExampleApp:
                 self.proc.kill()
                 self.proc.wait()
                 raise AssertionError("example app did not stop on SIGTERM") from None
-        self.reader.join(5)
+        self.output.reader.join(5)
         return time.monotonic() - started
 
 
@@ -354,17 +360,7 @@ def redis_server() -> Iterator[str]:
         text=True,
     )
     try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 10
-        with selectors.DefaultSelector() as selector:
-            selector.register(proc.stdout, selectors.EVENT_READ)
-            while True:
-                left = deadline - time.monotonic()
-                assert left > 0 and selector.select(left), "redis-server did not start"
-                line = proc.stdout.readline()
-                assert line, "redis-server exited"
-                if "Ready to accept connections" in line:
-                    break
+        ChildOutput(proc).wait_for("Ready to accept connections", timeout=10)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         proc.terminate()
@@ -393,14 +389,30 @@ async def test_two_workers_share_one_chat_through_redis() -> None:
                 assert len(clients) == 2, "40 connections all landed on one worker"
                 a, b = clients.values()
                 a_id = await _probe_until_delivered(a, b)
-                await _probe_until_delivered(b, a)
-                # Subscriptions are live both ways: one message, delivered exactly once.
+                b_id = await _probe_until_delivered(b, a)
+                # Subscriptions are live both ways now. Each sends two messages, the last
+                # one a marker; per-publisher order means that once both markers are in,
+                # everything before them is too: each message exactly once, no self-echo.
                 await a.send("across workers")
-                assert await _next_chat(a) == "across workers"  # a's echo
-                assert await _next_chat(b) == f"[{a_id}] across workers"
                 await b.send("and back")
-                assert await _next_chat(b) == "and back"  # b's echo, no duplicate before it
-                assert (await _next_chat(a)).endswith("] and back")
+                await a.send("end a")
+                await b.send("end b")
+                expected_a = ["across workers", "end a", f"[{b_id}] and back", f"[{b_id}] end b"]
+                expected_b = ["and back", "end b", f"[{a_id}] across workers", f"[{a_id}] end a"]
+                got_a = await _chat_until(a, ["end a", f"[{b_id}] end b"])
+                got_b = await _chat_until(b, ["end b", f"[{a_id}] end a"])
+                assert sorted(got_a) == sorted(expected_a), got_a
+                assert sorted(got_b) == sorted(expected_b), got_b
+                assert got_a.index("across workers") < got_a.index("end a")
+                assert got_a.index(f"[{b_id}] and back") < got_a.index(f"[{b_id}] end b")
+
+
+async def _chat_until(ws: Any, markers: list[str]) -> list[str]:
+    """Chat messages (no notices, no probes) until every marker has arrived."""
+    got: list[str] = []
+    while not all(marker in got for marker in markers):
+        got.append(await _next_chat(ws))
+    return got
 
 
 async def _next_chat(ws: Any) -> str:
