@@ -10,9 +10,11 @@ A full run writes ``latest.{json,md,png}`` and copies the chart to
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from . import report
@@ -28,6 +30,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=None, help="runs per number (default 3)")
     parser.add_argument("--out", default=None, help="results name (default latest/partial)")
     parser.add_argument("--profile", default=None, help="py-spy the given variant ('all': every)")
+    parser.add_argument(
+        "--h3-path", default=None, help="import h3_fastapi from this directory (a patched copy)"
+    )
     parser.add_argument("--list", action="store_true", help="list workloads and variants")
     return parser.parse_args(argv)
 
@@ -122,9 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
     workloads = _selected(args.only)
+    if args.h3_path:
+        os.environ["BENCH_H3_PATH"] = str(Path(args.h3_path).resolve())
     settings = Settings(quick=args.quick, profile=args.profile)
     runs = args.runs or (1 if args.quick else 3)
-    full = not args.only and not args.variants and not args.quick and not args.profile
+    full = not (args.only or args.variants or args.quick or args.profile or args.h3_path)
     name = args.out or ("latest" if full and runs >= 3 else "partial")
     started = load_snapshot()
     print(f"bench: {started['uptime']}", flush=True)
@@ -136,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             "quick": args.quick,
             "runs": runs,
             "argv": sys.argv[1:] if argv is None else argv,
+            "h3_path": os.environ.get("BENCH_H3_PATH"),
         },
         "workloads": [],
         "targets": [],

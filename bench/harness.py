@@ -190,10 +190,14 @@ def serve(spec: ServerSpec, *, env: dict[str, str] | None = None) -> Iterator[Se
     port = free_port()
     log = tempfile.TemporaryFile()
     process_env = {**os.environ, **dict(spec.env), **(env or {})}
-    process_env["PYTHONPATH"] = str(ROOT)
+    # BENCH_H3_PATH (``--h3-path``) puts a patched copy of h3_fastapi first, to
+    # measure a proposed change without touching the working tree.
+    extra = os.environ.get("BENCH_H3_PATH", "")
+    process_env["PYTHONPATH"] = os.pathsep.join(p for p in (extra, str(ROOT)) if p)
     process = subprocess.Popen(
         spec.command(port),
-        cwd=ROOT,
+        # ``python -m`` puts the working directory first on sys.path.
+        cwd=extra or ROOT,
         env=process_env,
         stdin=subprocess.DEVNULL,
         stdout=log,
@@ -207,6 +211,14 @@ def serve(spec: ServerSpec, *, env: dict[str, str] | None = None) -> Iterator[Se
     finally:
         _stop(process)
         log.close()
+
+
+def prime(url: str, timeout: float = 30.0) -> None:
+    """One GET before measuring, so lazily made clients and imports are ready."""
+    import urllib.request
+
+    with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=timeout) as response:
+        response.read()
 
 
 def _core_busy(before: Any, after: Any) -> float:

@@ -33,6 +33,14 @@ def summarize_variant(runs: list[dict[str, Any]]) -> dict[str, Any]:
         values = [r[key] for r in ok if key in r]
         if values:
             summary[f"median_{key}"] = median(values)
+    # Throughput per second of server CPU: robust when other processes share the core.
+    per_cpu = [
+        r["value"] / (r["server_cpu_pct"] / 100)
+        for r in ok
+        if r.get("server_cpu_pct") and r.get("unit") != "KiB/connection"
+    ]
+    if per_cpu:
+        summary["median_per_cpu"] = median(per_cpu)
     errors = [r["error"] for r in runs if "error" in r]
     if errors:
         summary["errors"] = errors
@@ -63,6 +71,11 @@ def check_target(target: Target, workload: dict[str, Any]) -> dict[str, Any]:
     measured = a / b if target.kind == "ratio" else a - b
     met = measured >= target.bound if target.op == ">=" else measured <= target.bound
     out.update(measured=measured, met=met, subject_value=a, anchor_value=b)
+    if target.kind == "ratio" and target.metric == "value" and subject and anchor:
+        a_cpu = subject.get("median_per_cpu")
+        b_cpu = anchor.get("median_per_cpu")
+        if a_cpu and b_cpu:
+            out["per_cpu_ratio"] = a_cpu / b_cpu
     return out
 
 
@@ -121,11 +134,14 @@ def markdown(data: dict[str, Any]) -> str:
         f"Machine load before: `{meta['started']['uptime']}`; after:"
         f" `{meta['finished']['uptime']}`.",
         "",
-        "| Target | Measured | Result |",
-        "|---|---|---|",
+        "| Target | Measured | Result | Same ratio per server CPU-second |",
+        "|---|---|---|---|",
     ]
     for target in data["targets"]:
-        lines.append(f"| {target['text']} | {_target_cell(target)} | {_verdict(target['met'])} |")
+        per_cpu = target.get("per_cpu_ratio")
+        cpu_cell = "—" if per_cpu is None else f"{per_cpu:.2f}x"
+        verdict = _verdict(target["met"])
+        lines.append(f"| {target['text']} | {_target_cell(target)} | {verdict} | {cpu_cell} |")
     for workload in data["workloads"]:
         lines += ["", f"### {workload['title']}", "", workload["describe"], ""]
         better = "higher is better" if workload["higher_is_better"] else "lower is better"
@@ -133,6 +149,9 @@ def markdown(data: dict[str, Any]) -> str:
         memory = workload["key"] == "memory"
         head = f"| Case | Variant | Median ({workload['unit']}, {better}) | h3-fastapi vs this |"
         rule = "|---|---|---|---|"
+        if not memory:
+            head += " Per server CPU-s | h3-fastapi vs this (per CPU-s) |"
+            rule += "---|---|"
         if proxy:
             head += " MiB/s | Peak RSS (MiB) |"
             rule += "---|---|"
@@ -160,6 +179,13 @@ def markdown(data: dict[str, Any]) -> str:
                     runs = f"skipped: {variant['skipped']}"
                 row = f"| {case['key'] if index == 0 else ''} | {variant['label']} |"
                 row += f" {_fmt(value)} | {versus} |"
+                if not memory:
+                    per_cpu = variant.get("median_per_cpu")
+                    subject_cpu = subject.get("median_per_cpu") if subject else None
+                    cpu_versus = "—"
+                    if variant["key"] != SUBJECT and per_cpu and subject_cpu:
+                        cpu_versus = f"{subject_cpu / per_cpu:.2f}x"
+                    row += f" {_fmt(per_cpu)} | {cpu_versus} |"
                 if proxy:
                     row += f" {_fmt(variant.get('median_mib_per_s'))} |"
                     row += f" {_fmt(variant.get('median_peak_rss_mib'))} |"
@@ -172,7 +198,9 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         "Load gen CPU: the Node load generator's CPU over the measured window, in percent of"
         " its one core (it is not the bottleneck while this stays well under 100%)."
-        " Server CPU: the server process over the same window, in percent of its one core.",
+        " Server CPU: the server process over the same window, in percent of its one core."
+        " Per server CPU-s: the median divided by the server's CPU share, i.e. work per second"
+        " of server CPU; it stays comparable when other processes take part of the core.",
         "",
     ]
     return "\n".join(lines)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .harness import LOAD_CORE, LOAD_DIR, NODE_DIR, ServerSpec, run_load, serve
+from .harness import LOAD_CORE, LOAD_DIR, NODE_DIR, ServerSpec, prime, run_load, serve
 
 WS_APPS = "bench.servers.websocket_apps"
 SSE_APP = "bench.servers.sse_apps:app"
@@ -221,6 +221,7 @@ def _measure_sse(
     assert variant.server is not None
     args = workload.case_args(case, settings)
     with serve(variant.server) as server:
+        prime(server.url(variant.path) + "?n=1")
         return run_load(
             "sse_load.mjs",
             {"url": server.url(variant.path), **args},
@@ -293,6 +294,7 @@ def _measure_proxy(
     args = workload.case_args(case, settings)
     load = {"warmup": settings.warmup / 2, "seconds": settings.seconds * 2 / 3, **args}
     if variant.server is None:  # direct to the upstream
+        prime(upstream.url(variant.path))
         load["url"] = upstream.url(variant.path)
         return run_load("http_load.mjs", load, upstream, timeout=60)
     spec = variant.server
@@ -302,6 +304,7 @@ def _measure_proxy(
     with serve(spec, env=env) as server:
         base_rss = server.rss_kib()
         load["url"] = server.url(variant.path)
+        prime(server.url(variant.path.replace("big", "small")))
         result = run_load(
             "http_load.mjs",
             load,

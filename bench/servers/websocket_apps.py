@@ -24,6 +24,13 @@ class Echo:
         await peer.send(message.text())
 
 
+class EchoSync:
+    """The same echo from a plain ``def`` hook (queued, flushed after the hook)."""
+
+    def message(self, peer: Peer, message: Message) -> None:
+        peer.send(message.text())
+
+
 class Broadcast:
     """Subscribers join ``bench``; the publisher's messages go to all of them."""
 
@@ -37,6 +44,7 @@ class Broadcast:
 
 h3_router = H3Router()
 h3_router.ws("/echo", Echo)
+h3_router.ws("/echo-sync", EchoSync)
 h3_router.ws("/broadcast", Broadcast)
 
 h3 = FastAPI()

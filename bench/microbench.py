@@ -1,0 +1,161 @@
+"""Framework CPU per message, without sockets: a fake ASGI server drives each app.
+
+Run: ``python -m bench.microbench [--h3-path DIR]`` (``DIR`` holds a patched
+``h3_fastapi`` to compare with the working tree). It measures process CPU
+time, so other processes on the machine barely move it; it leaves out
+uvicorn's socket and frame work, so it shows the framework's own cost that
+the end-to-end numbers in ``python -m bench`` include.
+
+- echo: N text messages in, N out, on one connection; ``receive`` yields to
+  the loop once per message like a real server waiting for the network.
+- sse: one stream of N events; ``send`` never blocks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+ECHO_APPS = (
+    ("h3", "/echo"),
+    ("h3", "/echo-sync"),
+    ("h3_starlette", "/echo"),
+    ("starlette", "/echo"),
+    ("fastapi", "/echo"),
+)
+SSE_ROUTES = ("/h3", "/h3-push", "/raw", "/sse-starlette")
+
+
+async def _echo_once(app: Any, path: str, messages: int) -> tuple[float, int]:
+    """CPU seconds to echo ``messages`` messages through ``app``; and how many came back."""
+    sent = 0
+    queue = [{"type": "websocket.connect"}]
+    queue += [{"type": "websocket.receive", "text": "e" * 32}] * messages
+    position = 0
+    finished = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        nonlocal position
+        await asyncio.sleep(0)  # a real server waits for the next frame
+        if position < len(queue):
+            position += 1
+            return queue[position - 1]
+        if sent >= messages:
+            return {"type": "websocket.disconnect", "code": 1000}
+        await asyncio.wait_for(finished.wait(), 10)
+        return {"type": "websocket.disconnect", "code": 1000}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal sent
+        if message["type"] == "websocket.send":
+            sent += 1
+            if sent >= messages:
+                finished.set()
+
+    scope = {
+        "type": "websocket",
+        "asgi": {"version": "3.0"},
+        "scheme": "ws",
+        "http_version": "1.1",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"bench")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+        "subprotocols": [],
+        "state": {},
+        "extensions": {"websocket.http.response": {}},
+    }
+    start = time.process_time()
+    await asyncio.wait_for(app(scope, receive, send), 60)
+    return time.process_time() - start, sent
+
+
+async def _sse_once(app: Any, path: str, events: int) -> tuple[float, int]:
+    """CPU seconds to stream ``events`` events from ``path``; and how many sends it took."""
+    sends = 0
+    done = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal sends
+        if message["type"] == "http.response.body":
+            sends += 1
+            if not message.get("more_body"):
+                done.set()
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": f"n={events}".encode(),
+        "root_path": "",
+        "headers": [(b"host", b"bench")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+        "state": {},
+    }
+    start = time.process_time()
+    await asyncio.wait_for(app(scope, receive, send), 60)
+    return time.process_time() - start, sends
+
+
+def _best(run: Callable[[], tuple[float, int]], repeat: int) -> tuple[float, int]:
+    results = [run() for _ in range(repeat)]
+    return min(results)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--h3-path", default=None, help="import h3_fastapi from this directory")
+    parser.add_argument("--messages", type=int, default=20000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--only", choices=("echo", "sse"), default=None)
+    args = parser.parse_args()
+    if args.h3_path:
+        sys.path.insert(0, args.h3_path)
+    import uvloop
+
+    h3_fastapi = importlib.import_module("h3_fastapi")
+    print(f"h3_fastapi from {h3_fastapi.__file__}")
+    ws_apps = importlib.import_module("bench.servers.websocket_apps")
+    sse_app = importlib.import_module("bench.servers.sse_apps").app
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    n = args.messages
+    if args.only != "sse":
+        print(f"echo, {n} messages, best of {args.repeat} (CPU µs per message):")
+        for name, path in ECHO_APPS:
+            app = getattr(ws_apps, name)
+            cpu, sent = _best(
+                lambda app=app, path=path: loop.run_until_complete(_echo_once(app, path, n)),
+                args.repeat,
+            )
+            print(f"  {name + ' ' + path:<24} {1e6 * cpu / n:7.2f} µs   ({sent} echoed)")
+    if args.only != "echo":
+        print(f"sse, one stream of {n} events, best of {args.repeat} (CPU µs per event):")
+        for path in SSE_ROUTES:
+            cpu, sends = _best(
+                lambda path=path: loop.run_until_complete(_sse_once(sse_app, path, n)),
+                args.repeat,
+            )
+            print(f"  {path:<24} {1e6 * cpu / n:7.2f} µs   ({sends} ASGI sends)")
+    loop.close()
+
+
+if __name__ == "__main__":
+    main()
