@@ -290,6 +290,15 @@ def test_example_is_importable(path: Path) -> None:
 # ---------------------------------------------------------------- 4. getting started
 
 
+async def test_getting_started_echo(live_server: Any) -> None:
+    server = live_server(example("getting_started_echo").app)
+    async with websockets.connect(server.ws_url + "/echo") as ws:
+        await ws.send("hello")
+        assert await recv(ws) == "hello"
+        await ws.send('{"a": 1}')
+        assert await recv(ws) == '{"a": 1}'
+
+
 async def test_getting_started_chat(live_server: Any) -> None:
     server = live_server(example("getting_started").app)
     async with websockets.connect(server.ws_url + "/_ws") as a:
