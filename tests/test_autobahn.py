@@ -74,6 +74,7 @@ def test_comparison_flags_a_case_where_ours_is_worse() -> None:
     assert compare.worse_cases(ranks) == ["7.1.6", "10.1.1"]
 
 
+@pytest.mark.timeout(320)  # the first run also installs the suite (~50 s)
 def test_autobahn_h3_never_worse_than_starlette(tmp_path: Path) -> None:
     python2 = _python2()
     need(python2 is not None, "python2.7 is needed for the Autobahn|Testsuite (wstest)")
