@@ -1,8 +1,8 @@
 // Idle connections: open N WebSockets, print {"event": "ready"}, hold them
-// until a line arrives on stdin (or `hold` seconds pass), then close them.
+// until a line arrives on stdin (or `hold` seconds pass), then drop them.
 // The harness raises RLIMIT_NOFILE before starting this process.
 // Usage: node ws_idle.mjs '{"url": "ws://.../echo", "connections": 10000}'
-import { closeAll, connectAll, emit, start } from "./common.mjs";
+import { connectAll, emit, start } from "./common.mjs";
 
 const args = start({ url: "", connections: 10000, parallel: 256, hold: 120, timeout: 240 });
 const t0 = process.hrtime.bigint();
@@ -20,7 +20,8 @@ await new Promise((resolve) => {
   });
 });
 const droppedWhileIdle = dropped;
-await closeAll(sockets, 15000);
+// No close handshakes: 10,000 of them only make the run longer.
+for (const ws of sockets) ws.terminate();
 emit({
   result: {
     value: args.connections,
