@@ -184,6 +184,25 @@ def test_every_python_block_is_included_from_a_file(page: Path) -> None:
             assert (ROOT / path).is_file(), f"{page.name}:{line}: {path} does not exist"
 
 
+def test_snippets_fail_the_build_when_a_file_is_missing() -> None:
+    import yaml
+
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
+    assert config["strict"] is True
+    extensions = {
+        next(iter(e)) if isinstance(e, dict) else e: (
+            e[next(iter(e))] if isinstance(e, dict) else {}
+        )
+        for e in config["markdown_extensions"]
+    }
+    assert extensions["pymdownx.snippets"]["check_paths"] is True
+    assert extensions["pymdownx.snippets"]["base_path"] == ["."]
+    assert {"pymdownx.superfences", "admonition", "tables", "toc"} <= set(extensions)
+    i18n = next(p["i18n"] for p in config["plugins"] if isinstance(p, dict) and "i18n" in p)
+    assert i18n["docs_structure"] == "suffix"
+    assert [lang["locale"] for lang in i18n["languages"]] == ["en", "zh"]
+
+
 def test_snippet_sections_exist() -> None:
     """Every ``file.py:section`` named in a page has start and end markers in that file."""
     named = re.compile(r"""--8<--\s+["'](?P<path>[^"':]+):(?P<section>[a-z][-_0-9a-z]*)["']""")
