@@ -31,6 +31,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from . import _shutdown
+from ._compat import Written, uncancel
 from ._hooks import logger, run_callback
 from ._serialize import to_json_text, to_text
 from .pubsub import DONE, Outgoing, PubSub, get_default_pubsub
@@ -182,19 +183,6 @@ def _encode(message: Any) -> bytes:
 # --- the stream -------------------------------------------------------------
 
 
-class _Written:
-    """Returned by ``push``: already queued; await it to wait until handed to the server."""
-
-    __slots__ = ("_seq", "_stream")
-
-    def __init__(self, stream: EventStream, seq: int) -> None:
-        self._stream = stream
-        self._seq = seq
-
-    def __await__(self) -> Generator[Any, None, None]:
-        return self._stream._wait_written(self._seq).__await__()
-
-
 class _Closed:
     """Returned by ``close``: await it to wait until the stream has ended."""
 
@@ -232,14 +220,6 @@ def _worker_thread_loop() -> tuple[asyncio.AbstractEventLoop, int] | None:
         return anyio.from_thread.run_sync(where)
     except Exception:
         return None
-
-
-def _uncancel() -> None:
-    """Undo a cancellation this module asked for, so the response ends cleanly."""
-    task = asyncio.current_task()
-    uncancel = getattr(task, "uncancel", None)
-    if uncancel is not None:
-        uncancel()
 
 
 class EventStream(Response):
@@ -430,7 +410,7 @@ class EventStream(Response):
         if self._state == _NEW:
             return DONE
         self._wake_writer()
-        return _Written(self, self._queued)
+        return Written(self._wait_written, self._queued)
 
     def pause(self) -> None:
         """Hold pushed events back (they stay buffered) until ``resume`` or ``flush``."""
@@ -455,7 +435,7 @@ class EventStream(Response):
         self._release_held()
         if self._state == _NEW or self._state == _CLOSED or not self._started:
             return DONE
-        return _Written(self, self._queued)
+        return Written(self._wait_written, self._queued)
 
     def _release_held(self) -> None:
         if not self._held or self._state == _CLOSED:
@@ -711,7 +691,7 @@ class EventStream(Response):
                 self._finish()
                 raise
             self._aborting = False
-            _uncancel()
+            uncancel()
         except Exception as exc:  # the transport failed: the client is gone
             logger.debug("h3_fastapi: event stream send failed: %r", exc)
         finally:

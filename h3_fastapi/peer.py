@@ -12,12 +12,13 @@ import asyncio
 import threading
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Generator, KeysView
+from collections.abc import Awaitable, KeysView
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import Receive, Send
 
+from ._compat import Written, uncancel
 from ._hooks import logger
 from .pubsub import DONE, Outgoing, PubSub
 
@@ -46,19 +47,6 @@ class CloseDetails:
 
     code: int = 1005
     reason: str = ""
-
-
-class _Written:
-    """Returned by ``send``: already queued; await it to wait until written."""
-
-    __slots__ = ("_peer", "_seq")
-
-    def __init__(self, peer: Peer, seq: int) -> None:
-        self._peer = peer
-        self._seq = seq
-
-    def __await__(self) -> Generator[Any, None, None]:
-        return self._peer._wait_written(self._seq).__await__()
 
 
 class Peer:
@@ -296,7 +284,7 @@ class Peer:
             return DONE
         if not self._writing and not self._dispatching:
             self._wake_writer()
-        return _Written(self, self._queued)
+        return Written(self._wait_written, self._queued)
 
     def _wake_writer(self) -> None:
         wake = self._wake
@@ -341,7 +329,7 @@ class Peer:
         except asyncio.CancelledError:
             if not self._terminated:
                 raise
-            _uncancel()
+            uncancel()
         except Exception as exc:  # the transport is gone
             logger.debug("h3_fastapi: send to peer %s failed: %r", self._id, exc)
             self._finish(1006, "")
@@ -408,7 +396,7 @@ class Peer:
         except asyncio.CancelledError:
             if not self._terminated:
                 raise
-            _uncancel()
+            uncancel()
 
     def _finish(self, code: int, reason: str) -> None:
         """Mark the peer closed and leave every topic and peer list at once."""
@@ -434,11 +422,3 @@ class Peer:
         self._wake_writer()
         if self._in_receive and self._reader is not None:
             self._reader.cancel()
-
-
-def _uncancel() -> None:
-    """Undo a self-inflicted cancellation so the connection can finish cleanly."""
-    task = asyncio.current_task()
-    uncancel = getattr(task, "uncancel", None)
-    if uncancel is not None:
-        uncancel()
