@@ -12,7 +12,7 @@ import asyncio
 import threading
 import uuid
 from collections import deque
-from collections.abc import Awaitable, KeysView
+from collections.abc import Awaitable, Callable, KeysView
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +63,7 @@ class Peer:
         "_close_timer",
         "_dispatching",
         "_drainers",
+        "_error_sink",
         "_flushing_task",
         "_handler",
         "_id",
@@ -135,6 +136,8 @@ class Peer:
         self._close_request: tuple[int, str] | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         self._terminated = False
+        # Set by the handler: where transport failures go (the ``error`` hook).
+        self._error_sink: Callable[[Exception], None] | None = None
 
     # --- identity -------------------------------------------------------
 
@@ -333,6 +336,7 @@ class Peer:
         except Exception as exc:  # the transport is gone
             logger.debug("h3_fastapi: send to peer %s failed: %r", self._id, exc)
             self._finish(1006, "")
+            self._transport_failed(exc)
         finally:
             self._writing = False
             self._flushing_task = None
@@ -397,6 +401,11 @@ class Peer:
             if not self._terminated:
                 raise
             uncancel()
+
+    def _transport_failed(self, exc: Exception) -> None:
+        """Report a failure that is not a plain disconnect (``OSError``) to the error hook."""
+        if self._error_sink is not None and not isinstance(exc, OSError):
+            self._error_sink(exc)
 
     def _finish(self, code: int, reason: str) -> None:
         """Mark the peer closed and leave every topic and peer list at once."""

@@ -10,6 +10,7 @@ either side ends it, ``close`` runs exactly once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, KeysView, Mapping
 from typing import Any
@@ -42,6 +43,10 @@ HooksSource = Any  # dict | object with hook methods | class | factory(request)
 
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 DEFAULT_SEND_BUFFER_LIMIT = 4 * 1024 * 1024
+
+
+# Error-hook calls for transport failures, kept alive until they finish.
+_pending: set[asyncio.Future[None]] = set()
 
 
 class WSError(Exception):
@@ -395,15 +400,12 @@ class WebSocketHandler:
             websocket=websocket,
         )
         peer._main = asyncio.current_task()
+        peer._error_sink = functools.partial(self._transport_error, hooks, peer)
         self._add_peer(peer)
         try:
-            if hooks.open is not None:
-                try:
-                    await call_maybe_async(hooks.open, peer)
-                except Exception as exc:
-                    await self._hook_failed(hooks, peer, "open", exc)
-            if peer._state == 0:
-                peer._reader = asyncio.create_task(self._read_loop(peer, hooks))
+            # The reader runs ``open`` first, so the writer is already draining
+            # while it runs (``await peer.wait_for_drain()`` works in ``open``).
+            peer._reader = asyncio.create_task(self._read_loop(peer, hooks))
             await peer._write_loop()
         finally:
             if peer.close_details is None:
@@ -419,12 +421,19 @@ class WebSocketHandler:
                 _shutdown.remove_server_exit(self)
 
     async def _read_loop(self, peer: Peer, hooks: _Hooks) -> None:
-        """Receive frames and run the ``message`` hook, one message at a time."""
+        """Run ``open``, then receive frames and run ``message``, one at a time."""
         receive = peer._receive
         on_message = hooks.message
         max_size = self.max_message_size
         try:
-            while True:
+            if hooks.open is not None:
+                try:
+                    await call_maybe_async(hooks.open, peer)
+                except Exception as exc:
+                    await self._hook_failed(hooks, peer, "open", exc)
+                if peer._outbox and not peer._writing:
+                    await peer._flush()
+            while peer._state != 2:
                 peer._in_receive = True
                 event = await receive()
                 peer._in_receive = False
@@ -469,6 +478,7 @@ class WebSocketHandler:
         except Exception as exc:  # the server's receive failed: treat as a drop
             logger.debug("h3_fastapi: receive failed for peer %s: %r", peer._id, exc)
             peer._finish(1006, "")
+            peer._transport_failed(exc)
 
     async def _stop_reader(self, peer: Peer) -> None:
         reader = peer._reader
@@ -481,9 +491,16 @@ class WebSocketHandler:
             reader.cancel()
             await asyncio.wait({reader})
 
+    def _transport_error(self, hooks: _Hooks, peer: Peer, exc: Exception) -> None:
+        """A transport failure: hand it to the ``error`` hook (the peer is already closed)."""
+        task = asyncio.ensure_future(self._hook_failed(hooks, peer, "transport", exc))
+        _pending.add(task)
+        task.add_done_callback(_pending.discard)
+
     async def _hook_failed(self, hooks: _Hooks, peer: Peer, name: str, exc: Exception) -> None:
         """Route a hook exception to ``error``, then close 1011 unless already closing."""
-        error = WSError(f"{name} hook raised {type(exc).__name__}: {exc}")
+        what = "transport failed" if name == "transport" else f"{name} hook raised"
+        error = WSError(f"{what} {type(exc).__name__}: {exc}")
         error.__cause__ = exc
         if hooks.error is not None:
             try:

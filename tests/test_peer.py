@@ -150,3 +150,72 @@ async def test_close_all_and_server_shutdown_send_1001(live_server: Any) -> None
             await recv(ws)
         assert ws.close_code == 1001
     assert sorted(d.code for _, d in recorder.closes) == [1001, 1001, 1001]
+
+
+async def test_transport_failure_reaches_error_hook(live_server: Any) -> None:
+    """A send that fails for another reason than a disconnect is reported, once."""
+    errors: list[BaseException | None] = []
+    closes: list[int] = []
+    done = threading.Event()
+
+    def on_error(peer: Peer, error: Exception) -> None:
+        errors.append(error.__cause__)
+
+    def on_close(peer: Peer, details: CloseDetails) -> None:
+        closes.append(details.code)
+        done.set()
+
+    app = FastAPI()
+    router = H3Router()
+    router.ws(
+        "/ws",
+        define_websocket_handler(
+            message=lambda p, m: p.send(m.text()), error=on_error, close=on_close
+        ),
+    )
+    app.include_router(router)
+
+    class BreakOnExplode:
+        """Pure ASGI middleware whose send fails on one message."""
+
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            async def breaking_send(message: Any) -> None:
+                if message.get("text") == "explode":
+                    raise RuntimeError("transport broke")
+                await send(message)
+
+            await self.inner(scope, receive, breaking_send)
+
+    app.add_middleware(BreakOnExplode)
+    server = live_server(app)
+    async with websockets.connect(server.ws_url + "/ws") as ws:
+        await ws.send("fine")
+        assert await recv(ws) == "fine"
+        await ws.send("explode")
+        assert await asyncio.to_thread(done.wait, TIMEOUT)
+    assert closes == [1006]
+    assert len(errors) == 1 and isinstance(errors[0], RuntimeError)
+    assert str(errors[0]) == "transport broke"
+
+
+async def test_wait_for_drain_inside_open(live_server: Any) -> None:
+    """The writer runs while ``open`` does, so ``open`` can wait for its sends."""
+
+    async def on_open(peer: Peer) -> None:
+        for i in range(50):
+            peer.send(f"{i:03d}" + "x" * 65533)
+        await peer.wait_for_drain(timeout=TIMEOUT)
+        peer.send("drained in open")
+
+    app = FastAPI()
+    router = H3Router()
+    router.ws("/ws", define_websocket_handler(open=on_open))
+    app.include_router(router)
+    server = live_server(app)
+    async with websockets.connect(server.ws_url + "/ws", max_size=None) as ws:
+        frames = [await recv(ws) for _ in range(51)]
+    assert [f[:3] for f in frames[:50]] == [f"{i:03d}" for i in range(50)]
+    assert frames[50] == "drained in open"
