@@ -197,7 +197,10 @@ class Peer:
         """
         if self._state:
             return DONE
-        outgoing = data if isinstance(data, Outgoing) else Outgoing.encode(data)
+        if data.__class__ is str:  # the common case, without the serialiser
+            outgoing = Outgoing(data)
+        else:
+            outgoing = data if isinstance(data, Outgoing) else Outgoing.encode(data)
         if threading.get_ident() != self._thread:
             self._loop.call_soon_threadsafe(self._enqueue, outgoing)
             return DONE

@@ -21,11 +21,12 @@ from starlette.types import Receive, Send
 from starlette.websockets import WebSocket
 
 from . import _shutdown
+from ._compat import Written
 from ._hooks import call_maybe_async, logger
 from ._responses import exception_to_response, to_response
 from .message import Message
 from .peer import CLOSE_TIMEOUT, CloseDetails, Peer
-from .pubsub import PubSub, get_default_pubsub
+from .pubsub import DONE, PubSub, get_default_pubsub
 
 __all__ = [
     "CloseDetails",
@@ -44,6 +45,9 @@ HooksSource = Any  # dict | object with hook methods | class | factory(request)
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 DEFAULT_SEND_BUFFER_LIMIT = 4 * 1024 * 1024
 
+
+# Awaitables that only say "queued": the reader flushes after the hook anyway.
+_QUEUED = (Written, type(DONE))
 
 # Error-hook calls for transport failures, kept alive until they finish.
 _pending: set[asyncio.Future[None]] = set()
@@ -455,7 +459,13 @@ class WebSocketHandler:
                             result = on_message(peer, Message(data, peer))
                         finally:
                             peer._dispatching = False
-                        if result is not None and inspect.isawaitable(result):
+                        # A sync hook's ``peer.send(...)`` result needs no await:
+                        # the flush below writes it before the next message.
+                        if (
+                            result is not None
+                            and result.__class__ not in _QUEUED
+                            and inspect.isawaitable(result)
+                        ):
                             await result
                     except Exception as exc:
                         await self._hook_failed(hooks, peer, "message", exc)
