@@ -56,18 +56,20 @@ def summarise(path: Path, top: int = 15) -> str:
     inclusive: Counter[int] = Counter()
     by_component: Counter[str] = Counter()
     total = 0.0
+    samples = 0
     for profile in data["profiles"]:
         weights = profile.get("weights") or [1] * len(profile["samples"])
         for stack, weight in zip(profile["samples"], weights, strict=False):
             if not stack:
                 continue
             total += weight
+            samples += 1
             leaf = stack[-1]
             self_time[leaf] += weight
             by_component[component(str(frames[leaf].get("file", "")))] += weight
             for index in set(stack):
                 inclusive[index] += weight
-    lines = [f"== {path.name}: {total:.0f} samples"]
+    lines = [f"== {path.name}: {samples} samples ({total:.2f} s of CPU)"]
     if not total:
         return lines[0]
     lines.append("self time by component:")
