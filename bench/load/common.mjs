@@ -80,3 +80,4 @@ export async function closeAll(sockets, ms = 5000) {
   await Promise.race([closed, sleep(ms)]);
   for (const ws of open) if (ws.readyState !== WebSocket.CLOSED) ws.terminate();
 }
+

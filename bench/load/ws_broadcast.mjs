@@ -2,7 +2,8 @@
 // messages back to back; the server relays each to every subscriber. The
 // window runs from the first send until every subscriber has all M
 // messages. Usage: node ws_broadcast.mjs '{"url": "ws://.../broadcast"}'
-import { closeAll, connectAll, emit, fail, sleep, start, window, WebSocket } from "./common.mjs";
+import { closeAll, emit, fail, sleep, start, window, WebSocket } from "./common.mjs";
+import { openReceivers } from "./ws_frames.mjs";
 
 const args = start({ url: "", subscribers: 1000, messages: 100, warmup: 10, timeout: 120 });
 const filler = "b".repeat(48);
@@ -13,10 +14,12 @@ let outOfOrder = 0;
 let onComplete = null;
 const got = new Int32Array(args.subscribers);
 
-const sockets = await connectAll(args.url, args.subscribers, 200, (i, _ws, data) => {
-  const text = data.toString();
-  if (text[0] !== phase) return;
-  const seq = Number(text.slice(1, text.indexOf(":")));
+const COLON = 0x3a;
+// Subscribers use the lean client in ws_frames.mjs: a frame is "<phase><seq>:...".
+const receivers = await openReceivers(args.url, args.subscribers, (i, _opcode, payload) => {
+  if (payload[0] !== phase.charCodeAt(0)) return;
+  let seq = 0;
+  for (let k = 1; k < payload.length && payload[k] !== COLON; k++) seq = seq * 10 + payload[k] - 48;
   if (seq !== got[i]) outOfOrder++;
   got[i] = seq + 1;
   if (got[i] === expected && ++complete === args.subscribers) onComplete?.();
@@ -47,7 +50,8 @@ const measured = window();
 await burst("m", args.messages, (args.timeout - 10) * 1000);
 const stats = measured.stop();
 const deliveries = args.messages * args.subscribers;
-await closeAll([publisher, ...sockets]);
+receivers.close();
+await closeAll([publisher]);
 emit({
   result: {
     ...stats,
