@@ -57,6 +57,8 @@ _NEW, _OPEN, _CLOSING, _CLOSED = 0, 1, 2, 3
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _MESSAGE_FIELDS = frozenset({"data", "id", "event", "retry"})
 _PING = b": ping\n\n"
+# An ``@event_stream`` generator runs ahead of the writer by at most this much.
+_PRODUCER_HIGH_WATER = 64 * 1024
 
 _BASE_HEADERS = [
     (b"content-type", b"text/event-stream"),
@@ -291,6 +293,8 @@ class EventStream(Response):
         self._done: asyncio.Future[None] | None = None
         self._in_send = False
         self._aborting = False
+        self._wake_scheduled = False
+        self._send: Send | None = None
         self._last_write = 0.0
         self._timer: asyncio.TimerHandle | None = None  # ping or shutdown deadline
         self._task: asyncio.Task[Any] | None = None  # the task running the response
@@ -409,8 +413,16 @@ class EventStream(Response):
             return DONE
         if self._state == _NEW:
             return DONE
-        self._wake_writer()
+        if not self._wake_scheduled and self._loop is not None:
+            # Next loop turn: a caller that awaits the push writes it itself first.
+            self._wake_scheduled = True
+            self._loop.call_soon(self._deferred_wake)
         return Written(self._wait_written, self._queued)
+
+    def _deferred_wake(self) -> None:
+        self._wake_scheduled = False
+        if self._outbox and not self._in_send:
+            self._wake_writer()
 
     def pause(self) -> None:
         """Hold pushed events back (they stay buffered) until ``resume`` or ``flush``."""
@@ -559,6 +571,14 @@ class EventStream(Response):
     async def _wait_written(self, seq: int) -> None:
         if self._written >= seq or self._state == _CLOSED or self._loop is None:
             return
+        if not self._in_send and self._send is not None and self._wake is not None:
+            # The writer is parked: write from the awaiting task, no task hand-off.
+            await self._write_inline(self._send)
+            # A send that did not block never yielded: give other tasks a turn,
+            # or a producer that never waits for anything would starve the loop.
+            await asyncio.sleep(0)
+            if self._written >= seq or self._state == _CLOSED:
+                return
         future: asyncio.Future[None] = self._loop.create_future()
         self._waiters.append((seq, future))
         await future
@@ -715,11 +735,39 @@ class EventStream(Response):
             self._pump = _spawn(loop, self._run_producer(self._producer))
         return await self._write_loop(send, loop)
 
+    async def _write_inline(self, send: Send) -> None:
+        """Write the outbox from the calling task (the writer is parked)."""
+        outbox = self._outbox
+        try:
+            while outbox and not self._in_send and self._state != _CLOSED:
+                if len(outbox) == 1:
+                    chunk = outbox.popleft()
+                    count = 1
+                else:
+                    chunk = b"".join(outbox)
+                    count = len(outbox)
+                    outbox.clear()
+                self._in_send = True
+                try:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                finally:
+                    self._in_send = False
+                if self._state == _CLOSED:
+                    return
+                self._buffered -= len(chunk)
+                self._written += count
+                if self._waiters:
+                    self._release_waiters()
+        finally:
+            if self._outbox or self._state >= _CLOSING:
+                self._wake_writer()
+
     async def _write_loop(self, send: Send, loop: asyncio.AbstractEventLoop) -> bool:
         """Drain the outbox until closed; ``True`` when the response was ended normally."""
         outbox = self._outbox
+        self._send = send
         while True:
-            if outbox:
+            if outbox and not self._in_send:
                 if len(outbox) == 1:
                     chunk = outbox.popleft()
                     count = 1
@@ -747,7 +795,7 @@ class EventStream(Response):
                 continue
             if self._state == _CLOSED:
                 return False
-            if self._state == _CLOSING:
+            if self._state == _CLOSING and not self._in_send:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return True
             wake: asyncio.Future[None] = loop.create_future()
@@ -812,7 +860,11 @@ class EventStream(Response):
             async for item in producer:
                 if self._state != _OPEN:
                     break
-                await self.push(item)
+                written = self.push(item)
+                # Back-pressure by bytes, not per event: events pile up in the
+                # outbox and the writer sends them in one ASGI send.
+                if self._buffered >= _PRODUCER_HIGH_WATER:
+                    await written
                 if self._state != _OPEN:
                     break
         except asyncio.CancelledError:

@@ -82,6 +82,7 @@ class Peer:
         "_thread",
         "_waiters",
         "_wake",
+        "_wake_scheduled",
         "_websocket",
         "_writing",
         "_written",
@@ -118,14 +119,16 @@ class Peer:
         self._websocket = websocket
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
-        self._outbox: deque[Outgoing] = deque()
+        # Made on first send: an idle peer keeps no deque (~0.6 KiB) or lists.
+        self._outbox: deque[Outgoing] | tuple[()] = ()
         self._buffered = 0
         self._limit = send_buffer_limit
         self._queued = 0
         self._written = 0
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
-        self._drainers: list[tuple[int, asyncio.Future[None]]] = []
+        self._waiters: list[tuple[int, asyncio.Future[None]]] | tuple[()] = ()
+        self._drainers: list[tuple[int, asyncio.Future[None]]] | tuple[()] = ()
         self._wake: asyncio.Future[None] | None = None
+        self._wake_scheduled = False
         self._writing = False
         self._dispatching = False
         self._in_receive = False
@@ -231,6 +234,8 @@ class Peer:
         if self._buffered <= threshold or self._state == _CLOSED:
             return
         future: asyncio.Future[None] = self._loop.create_future()
+        if not self._drainers:
+            self._drainers = []
         self._drainers.append((threshold, future))
         try:
             await asyncio.wait_for(asyncio.shield(future), timeout)
@@ -282,15 +287,26 @@ class Peer:
         if self._state:
             return DONE
         outbox = self._outbox
+        if outbox.__class__ is not deque:
+            outbox = self._outbox = deque()
         outbox.append(outgoing)
         self._buffered += outgoing.size
         self._queued += 1
         if self._buffered > self._limit and len(outbox) > 1:
             self._overflow()
             return DONE
-        if not self._writing and not self._dispatching:
-            self._wake_writer()
+        if not self._writing and not self._dispatching and not self._wake_scheduled:
+            # Wake the writer on the next loop turn, not now: when the caller
+            # awaits the send (or the reader flushes after the hook), the outbox
+            # is empty by then and the writer task does not run at all.
+            self._wake_scheduled = True
+            self._loop.call_soon(self._deferred_wake)
         return Written(self._wait_written, self._queued)
+
+    def _deferred_wake(self) -> None:
+        self._wake_scheduled = False
+        if self._outbox and not self._writing:
+            self._wake_writer()
 
     def _wake_writer(self) -> None:
         wake = self._wake
@@ -307,17 +323,18 @@ class Peer:
         )
         # Free the memory now; the frame being written (if any) stays referenced
         # by the writer until it returns.
-        self._outbox.clear()
+        if self._outbox:
+            self._outbox.clear()
         self._buffered = 0
         self._state = _CLOSING
         self._close_request = (1013, "send buffer full")
         self._close_timer = self._loop.call_later(1.0, self.terminate)
         self._wake_writer()
 
-    async def _flush(self) -> None:
-        """Write the outbox in order; only one task writes at a time."""
+    async def _flush(self, task: asyncio.Task[Any] | None = None) -> None:
+        """Write the outbox in order; only one task (``task``, the caller) writes at a time."""
         self._writing = True
-        self._flushing_task = asyncio.current_task()
+        self._flushing_task = task if task is not None else asyncio.current_task(self._loop)
         outbox = self._outbox
         send = self._send
         try:
@@ -371,11 +388,15 @@ class Peer:
     async def _wait_written(self, seq: int) -> None:
         if self._written >= seq or self._state == _CLOSED:
             return
-        if not self._writing and asyncio.current_task() in (self._reader, self._main):
-            await self._flush()
+        if not self._writing:
+            task = asyncio.current_task(self._loop)
+            if task is self._reader or task is self._main:
+                await self._flush(task)
             if self._written >= seq or self._state == _CLOSED:
                 return
         future: asyncio.Future[None] = self._loop.create_future()
+        if not self._waiters:
+            self._waiters = []
         self._waiters.append((seq, future))
         self._wake_writer()
         await future
@@ -386,7 +407,7 @@ class Peer:
         try:
             while self._state != _CLOSED:
                 if self._outbox and not self._writing:
-                    await self._flush()
+                    await self._flush(self._main)
                     continue
                 if self._state == _CLOSING and not self._writing:
                     code, reason = self._close_request or (1000, "")
@@ -419,18 +440,20 @@ class Peer:
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None
-        self._outbox.clear()
+        if self._outbox:
+            self._outbox.clear()
         self._buffered = 0
         for topic in self.topics:
             self._pubsub.unsubscribe(topic, self)
         self.topics.clear()
         if self._handler is not None:
             self._handler._remove_peer(self)
-        for _, future in self._waiters + self._drainers:
-            if not future.done():
-                future.set_result(None)
-        self._waiters.clear()
-        self._drainers.clear()
+        for waiting in (self._waiters, self._drainers):
+            for _, future in waiting:
+                if not future.done():
+                    future.set_result(None)
+        self._waiters = ()
+        self._drainers = ()
         self._wake_writer()
         if self._in_receive and self._reader is not None:
             self._reader.cancel()

@@ -448,7 +448,11 @@ class WebSocketHandler:
                     data = event.get("text")
                     if data is None:
                         data = event.get("bytes") or b""
-                    if max_size is not None and _too_big(data, max_size):
+                    if (
+                        max_size is not None
+                        and len(data) * 4 > max_size
+                        and _too_big(data, max_size)
+                    ):
                         peer.close(1009, "message too big")
                         continue
                     if on_message is None:
@@ -470,7 +474,7 @@ class WebSocketHandler:
                     except Exception as exc:
                         await self._hook_failed(hooks, peer, "message", exc)
                     if peer._outbox and not peer._writing:
-                        await peer._flush()
+                        await peer._flush(peer._reader)
                 elif kind == "websocket.disconnect":
                     # After our own close the details are what we asked for,
                     # whatever the server reports for the reply (granian 1005,
