@@ -154,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         results["workloads"].append(summary)
         results["targets"] += [report.check_target(t, summary) for t in workload.targets]
     results["meta"]["finished"] = load_snapshot()
+    # Servers import h3_fastapi afresh: a change during the run would mix versions.
+    end = machine_info()
+    results["meta"]["h3_changed_during_run"] = (
+        end["h3_tree"] != results["meta"]["machine"]["h3_tree"]
+    )
     results["meta"]["seconds"] = round(time.monotonic() - t0, 1)
 
     json_path = RESULTS / f"{name}.json"

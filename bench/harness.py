@@ -410,7 +410,11 @@ def machine_info() -> dict[str, Any]:
         "node": _run(["node", "--version"]),
         "versions": _versions(),
         "git_commit": _run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
+        "h3_commit": _run(["git", "-C", str(ROOT), "log", "-1", "--format=%h", "--", "h3_fastapi"]),
         "git_dirty": bool(_run(["git", "-C", str(ROOT), "status", "--porcelain", "h3_fastapi"])),
+        # The committed tree of h3_fastapi plus any uncommitted change to it.
+        "h3_tree": _run(["git", "-C", str(ROOT), "rev-parse", "HEAD:h3_fastapi"])
+        + _run(["git", "-C", str(ROOT), "diff", "--stat", "HEAD", "--", "h3_fastapi"]),
         "server_core": SERVER_CORE,
         "load_core": LOAD_CORE,
         "uvicorn_args": list(UVICORN_ARGS),

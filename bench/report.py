@@ -128,12 +128,17 @@ def markdown(data: dict[str, Any]) -> str:
         f"Measured {meta['finished']['time']} on {machine['cpu']}"
         f" ({machine['cores']} cores, {machine['memory_gib']} GiB),"
         f" Linux {machine['kernel']}, Python {machine['python']},"
-        f" Node {machine['node'] or 'absent'}; h3-fastapi at `{machine['git_commit']}`{modified}."
+        f" Node {machine['node'] or 'absent'}; h3_fastapi as of"
+        f" `{machine.get('h3_commit') or machine['git_commit']}`{modified}."
         f" {meta['runs']} run(s) per number, median shown{quick}.",
         "",
         f"Machine load before: `{meta['started']['uptime']}`; after:"
         f" `{meta['finished']['uptime']}`.",
         "",
+    ]
+    if meta.get("h3_changed_during_run"):
+        lines += ["**h3_fastapi changed during this run: its numbers mix two versions.**", ""]
+    lines += [
         "| Target | Measured | Result | Same ratio per server CPU-second |",
         "|---|---|---|---|",
     ]
