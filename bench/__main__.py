@@ -10,6 +10,7 @@ A full run writes ``latest.{json,md,png}`` and copies the chart to
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -33,6 +34,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--h3-path", default=None, help="import h3_fastapi from this directory (a patched copy)"
     )
+    parser.add_argument("--render", default=None, help="rewrite NAME.md/.png from NAME.json")
     parser.add_argument("--list", action="store_true", help="list workloads and variants")
     return parser.parse_args(argv)
 
@@ -114,12 +116,29 @@ def _print_sample(run: int, case: str, label: str, unit: str, sample: dict[str, 
     )
 
 
+def _write(results: dict[str, Any], name: str) -> None:
+    """``NAME.json``, ``NAME.md`` and ``NAME.png``; a full run also updates the docs chart."""
+    json_path = RESULTS / f"{name}.json"
+    report.write_json(json_path, results)
+    markdown = report.markdown(results)
+    (RESULTS / f"{name}.md").write_text(markdown)
+    report.chart(results, RESULTS / f"{name}.png")
+    if name == "latest":
+        shutil.copyfile(RESULTS / "latest.png", ROOT / "docs" / "benchmarks.png")
+    print()
+    print(markdown)
+    print(f"bench: wrote {json_path.relative_to(ROOT)} (+ .md, .png)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.list:
         for workload in WORKLOADS.values():
             keys = ", ".join(v.key for v in workload.variants)
             print(f"{workload.key:<10} {workload.title}  [{keys}]")
+        return 0
+    if args.render:
+        _write(json.loads((RESULTS / f"{args.render}.json").read_text()), args.render)
         return 0
     try:
         ensure_node()
@@ -161,18 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     results["meta"]["seconds"] = round(time.monotonic() - t0, 1)
 
-    json_path = RESULTS / f"{name}.json"
-    report.write_json(json_path, results)
-    markdown = report.markdown(results)
-    (RESULTS / f"{name}.md").write_text(markdown)
-    report.chart(results, RESULTS / f"{name}.png")
-    if name == "latest":
-        shutil.copyfile(RESULTS / "latest.png", ROOT / "docs" / "benchmarks.png")
-    print()
-    print(markdown)
-    print(
-        f"bench: wrote {json_path.relative_to(ROOT)} (+ .md, .png) in {results['meta']['seconds']}s"
-    )
+    _write(results, name)
     return 0
 
 

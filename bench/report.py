@@ -109,7 +109,9 @@ def _target_cell(target: dict[str, Any]) -> str:
     if measured is None:
         return "not measured"
     if target["kind"] == "ratio":
-        return f"{measured:.2f}x"
+        # Three decimals when two would round onto the bound and hide the verdict.
+        close = round(measured, 2) == round(target["bound"], 2)
+        return f"{measured:.3f}x" if close else f"{measured:.2f}x"
     return f"{measured:+.2f} KiB"
 
 
