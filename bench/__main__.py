@@ -35,6 +35,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--h3-path", default=None, help="import h3_fastapi from this directory (a patched copy)"
     )
     parser.add_argument("--render", default=None, help="rewrite NAME.md/.png from NAME.json")
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("BEFORE", "AFTER"),
+        help="write the targets of two result files side by side to OUT.md (default compare)",
+    )
     parser.add_argument("--list", action="store_true", help="list workloads and variants")
     return parser.parse_args(argv)
 
@@ -136,6 +142,12 @@ def main(argv: list[str] | None = None) -> int:
         for workload in WORKLOADS.values():
             keys = ", ".join(v.key for v in workload.variants)
             print(f"{workload.key:<10} {workload.title}  [{keys}]")
+        return 0
+    if args.compare:
+        before, after = (json.loads((RESULTS / f"{n}.json").read_text()) for n in args.compare)
+        path = RESULTS / f"{args.out or 'compare'}.md"
+        path.write_text(report.compare(before, after))
+        print(path.read_text())
         return 0
     if args.render:
         _write(json.loads((RESULTS / f"{args.render}.json").read_text()), args.render)
