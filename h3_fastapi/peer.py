@@ -80,6 +80,7 @@ class Peer:
         "_state",
         "_terminated",
         "_thread",
+        "_topics",
         "_waiters",
         "_wake",
         "_wake_scheduled",
@@ -90,7 +91,6 @@ class Peer:
         "context",
         "namespace",
         "request",
-        "topics",
     )
 
     def __init__(
@@ -109,7 +109,7 @@ class Peer:
         self.request = request
         self.namespace: str = namespace
         self.context = context
-        self.topics: set[str] = set()
+        self._topics: set[str] | None = None  # made on first subscribe
         self.close_details: CloseDetails | None = None
         self._id: str | None = None
         self._handler = handler
@@ -181,6 +181,13 @@ class Peer:
         return self._handler._namespace_peers(self.namespace)
 
     @property
+    def topics(self) -> set[str]:
+        """The topics this peer is subscribed to."""
+        if self._topics is None:
+            self._topics = set()
+        return self._topics
+
+    @property
     def is_open(self) -> bool:
         """``True`` until ``close``/``terminate`` is called or the client leaves."""
         return self._state == _OPEN
@@ -222,8 +229,8 @@ class Peer:
 
     def unsubscribe(self, topic: str) -> None:
         """Stop receiving publishes to ``topic``."""
-        if topic in self.topics:
-            self.topics.discard(topic)
+        if self._topics and topic in self._topics:
+            self._topics.discard(topic)
             self._pubsub.unsubscribe(topic, self)
 
     async def wait_for_drain(self, threshold: int = 0, timeout: float | None = None) -> None:
@@ -443,9 +450,10 @@ class Peer:
         if self._outbox:
             self._outbox.clear()
         self._buffered = 0
-        for topic in self.topics:
-            self._pubsub.unsubscribe(topic, self)
-        self.topics.clear()
+        if self._topics:
+            for topic in self._topics:
+                self._pubsub.unsubscribe(topic, self)
+            self._topics.clear()
         if self._handler is not None:
             self._handler._remove_peer(self)
         for waiting in (self._waiters, self._drainers):

@@ -374,7 +374,8 @@ class WebSocketHandler:
             return
 
         accept: dict[str, Any] = {"type": "websocket.accept"}
-        namespace = self.namespace or request.url.path
+        # The full URL path (crossws); read from the scope, no URL object kept.
+        namespace = self.namespace or scope["path"]
         if result:
             if not isinstance(result, Mapping):
                 raise TypeError(f"upgrade hook must return None, a dict or a Response: {result!r}")
