@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from typing import Any
 
-__all__ = ["Written", "uncancel"]
+__all__ = ["Written", "release_reached", "resolve", "uncancel"]
+
+Waiting = list[tuple[int, "asyncio.Future[None]"]]
 
 
 class Written:
@@ -35,3 +37,28 @@ def uncancel() -> None:
     undo = getattr(task, "uncancel", None)
     if undo is not None:
         undo()
+
+
+def resolve(future: asyncio.Future[None] | None) -> None:
+    """Wake whoever waits on ``future`` (nothing if there is none, or it is already done)."""
+    if future is not None and not future.done():
+        future.set_result(None)
+
+
+def release_reached(
+    waiting: Iterable[tuple[int, asyncio.Future[None]]], reached: Callable[[int], bool]
+) -> Waiting:
+    """Resolve the waiters whose bound is ``reached``; the ones still waiting, in order.
+
+    A bound is a write sequence number (``await send(...)``) or a buffer
+    threshold (``wait_for_drain``); finished futures are dropped.
+    """
+    keep: Waiting = []
+    for bound, future in waiting:
+        if future.done():
+            continue
+        if reached(bound):
+            future.set_result(None)
+        else:
+            keep.append((bound, future))
+    return keep

@@ -31,7 +31,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from . import _shutdown
-from ._compat import Written, uncancel
+from ._compat import Written, release_reached, resolve, uncancel
 from ._hooks import logger, run_callback
 from ._serialize import to_json_text, to_text
 from .pubsub import DONE, Outgoing, PubSub, get_default_pubsub
@@ -585,22 +585,11 @@ class EventStream(Response):
 
     def _release_waiters(self) -> None:
         written = self._written
-        keep = []
-        for seq, future in self._waiters:
-            if future.done():
-                continue
-            if seq <= written:
-                future.set_result(None)
-            else:
-                keep.append((seq, future))
-        self._waiters = keep
+        self._waiters = release_reached(self._waiters, lambda seq: seq <= written)
 
     def _wake_writer(self) -> None:
-        wake = self._wake
-        if wake is not None:
-            self._wake = None
-            if not wake.done():
-                wake.set_result(None)
+        wake, self._wake = self._wake, None
+        resolve(wake)
 
     def _overflow(self) -> None:
         logger.warning(
@@ -640,8 +629,7 @@ class EventStream(Response):
                 pubsub.unsubscribe(topic, self)
             self.topics.clear()
         for _, future in self._waiters:
-            if not future.done():
-                future.set_result(None)
+            resolve(future)
         self._waiters.clear()
         self._wake_writer()
         current = _current_task()
@@ -650,8 +638,7 @@ class EventStream(Response):
                 task.cancel()
         if self._started:
             _shutdown.remove_server_exit(self)
-        if self._done is not None and not self._done.done():
-            self._done.set_result(None)
+        resolve(self._done)
         callbacks, self._callbacks = self._callbacks, []
         self._run_callbacks(callbacks)
 

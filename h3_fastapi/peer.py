@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.types import Receive, Send
 
-from ._compat import Written, uncancel
+from ._compat import Written, release_reached, resolve, uncancel
 from ._hooks import logger
 from .pubsub import DONE, Outgoing, PubSub
 
@@ -316,11 +316,8 @@ class Peer:
             self._wake_writer()
 
     def _wake_writer(self) -> None:
-        wake = self._wake
-        if wake is not None:
-            self._wake = None
-            if not wake.done():
-                wake.set_result(None)
+        wake, self._wake = self._wake, None
+        resolve(wake)
 
     def _overflow(self) -> None:
         logger.warning(
@@ -372,25 +369,11 @@ class Peer:
 
     def _release_waiters(self) -> None:
         written = self._written
-        keep = []
-        for seq, future in self._waiters:
-            if seq <= written:
-                if not future.done():
-                    future.set_result(None)
-            else:
-                keep.append((seq, future))
-        self._waiters = keep
+        self._waiters = release_reached(self._waiters, lambda seq: seq <= written)
 
     def _release_drainers(self) -> None:
         buffered = self._buffered
-        keep = []
-        for threshold, future in self._drainers:
-            if buffered <= threshold:
-                if not future.done():
-                    future.set_result(None)
-            else:
-                keep.append((threshold, future))
-        self._drainers = keep
+        self._drainers = release_reached(self._drainers, lambda bound: buffered <= bound)
 
     async def _wait_written(self, seq: int) -> None:
         if self._written >= seq or self._state == _CLOSED:
@@ -458,8 +441,7 @@ class Peer:
             self._handler._remove_peer(self)
         for waiting in (self._waiters, self._drainers):
             for _, future in waiting:
-                if not future.done():
-                    future.set_result(None)
+                resolve(future)
         self._waiters = ()
         self._drainers = ()
         self._wake_writer()
