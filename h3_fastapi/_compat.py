@@ -6,7 +6,9 @@ import asyncio
 from collections.abc import Awaitable, Callable, Generator, Iterable
 from typing import Any
 
-__all__ = ["Written", "release_reached", "resolve", "uncancel"]
+from ._hooks import logger
+
+__all__ = ["Written", "release_reached", "resolve", "spawn", "uncancel", "worker_thread_loop"]
 
 Waiting = list[tuple[int, "asyncio.Future[None]"]]
 
@@ -62,3 +64,38 @@ def release_reached(
         else:
             keep.append((bound, future))
     return keep
+
+
+# Fire-and-forget tasks, kept alive until they finish (asyncio keeps only weak references).
+_background: set[asyncio.Future[Any]] = set()
+
+
+def spawn(awaitable: Awaitable[Any], *, what: str = "background task") -> asyncio.Future[Any]:
+    """Run ``awaitable`` in the background on the running loop and keep it alive.
+
+    An exception it ends with is logged (naming ``what``), never lost silently.
+    """
+    task = asyncio.ensure_future(awaitable)
+    _background.add(task)
+    task.add_done_callback(lambda done: _finished(done, what))
+    return task
+
+
+def _finished(task: asyncio.Future[Any], what: str) -> None:
+    _background.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("h3_fastapi: %s failed", what, exc_info=task.exception())
+
+
+def worker_thread_loop() -> asyncio.AbstractEventLoop | None:
+    """The app's event loop, seen from an AnyIO worker thread (a plain ``def`` endpoint).
+
+    ``None`` outside such a thread.
+    """
+    try:
+        from anyio import from_thread
+
+        loop: asyncio.AbstractEventLoop = from_thread.run_sync(asyncio.get_running_loop)
+        return loop
+    except Exception:
+        return None
