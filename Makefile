@@ -16,7 +16,11 @@ $(VENV)/.run-installed: pyproject.toml | $(BIN)/python
 
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(PIP) install -e '.[dev,redis,docs]'
-	@touch $@ $(VENV)/.run-installed
+	@touch $@ $(VENV)/.run-installed $(VENV)/.docs-installed
+
+$(VENV)/.docs-installed: pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[docs]'
+	@touch $@
 
 ## Serve the example app on http://127.0.0.1:3000
 run: $(VENV)/.run-installed
@@ -41,8 +45,9 @@ pytest: $(VENV)/.dev-installed
 docs: $(VENV)/.dev-installed
 	$(BIN)/mkdocs build --strict --site-dir site
 
-docs-serve: $(VENV)/.dev-installed
-	$(BIN)/mkdocs serve -a 127.0.0.1:8000
+## The docs site on its own port (8000 is the one the getting-started commands use).
+docs-serve: $(VENV)/.docs-installed
+	$(BIN)/mkdocs serve -a 127.0.0.1:8001
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench

@@ -60,6 +60,15 @@ class BannerServer(uvicorn.Server):
 
 
 def main(argv: list[str] | None = None) -> None:
+    try:
+        _serve(argv)
+    except KeyboardInterrupt:
+        # Ctrl+C: uvicorn has already shut down cleanly and re-raised the signal
+        # so that callers see it; a traceback here would only look like a crash.
+        pass
+
+
+def _serve(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(prog="python -m example_app", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=3000)
