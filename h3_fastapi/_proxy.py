@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -266,6 +266,16 @@ class ProxyOptions:
 _REQUEST_KEYS = ("content", "json", "data", "files", "params", "extensions", "timeout")
 
 
+_OPTION_NAMES = frozenset(f.name for f in fields(ProxyOptions) if f.init)
+
+
+def _options_from(arguments: Mapping[str, Any]) -> ProxyOptions:
+    """The ``ProxyOptions`` among a public function's keyword arguments."""
+    chosen = {k: v for k, v in arguments.items() if k in _OPTION_NAMES}
+    chosen["fetch_options"] = dict(chosen.get("fetch_options") or {})
+    return ProxyOptions(**chosen)
+
+
 @dataclass(frozen=True)
 class _Outgoing:
     """The upstream request to send: method, headers, httpx keywords, redirects."""
@@ -477,20 +487,7 @@ async def proxy(
     cancelled at once (``propagate_abort_error=True`` raises
     ``ClientDisconnect`` instead of returning an undeliverable 499).
     """
-    options = ProxyOptions(
-        headers=headers,
-        fetch_options=dict(fetch_options or {}),
-        cookie_domain_rewrite=cookie_domain_rewrite,
-        cookie_path_rewrite=cookie_path_rewrite,
-        location_rewrite=location_rewrite,
-        on_response=on_response,
-        timeout=timeout,
-        propagate_abort_error=propagate_abort_error,
-        client=client,
-        allow_hosts=allow_hosts,
-        deny_private=deny_private,
-        public_origin=public_origin,
-    )
+    options = _options_from(locals())
     merged = merge_headers({}, options.fetch_options.get("headers"), headers)
     if options.has_body:
         merged.pop("content-length", None)
@@ -545,20 +542,7 @@ async def proxy_request(
     them for upstreams you do not trust. Other options as in ``proxy``
     (see ``ProxyOptions``).
     """
-    options = ProxyOptions(
-        headers=headers,
-        fetch_options=dict(fetch_options or {}),
-        cookie_domain_rewrite=cookie_domain_rewrite,
-        cookie_path_rewrite=cookie_path_rewrite,
-        location_rewrite=location_rewrite,
-        on_response=on_response,
-        timeout=timeout,
-        propagate_abort_error=propagate_abort_error,
-        client=client,
-        allow_hosts=allow_hosts,
-        deny_private=deny_private,
-        public_origin=public_origin,
-    )
+    options = _options_from(locals())
     method = options.method(request.method)
     forwarded = get_proxy_request_headers(
         request,

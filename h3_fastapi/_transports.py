@@ -42,21 +42,14 @@ TRANSPORT_ENV = "H3_PROXY_TRANSPORT"
 # A leading run the URL parser could read as the start of an authority.
 _LEADING_SEPARATORS = re.compile(r"^[/\\\t\n\r]+")
 
-# The httpx error each foreign exception becomes, most specific first.
-_HTTPCORE_ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
-    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
-    (httpcore.ReadTimeout, httpx.ReadTimeout),
-    (httpcore.WriteTimeout, httpx.WriteTimeout),
-    (httpcore.PoolTimeout, httpx.PoolTimeout),
-    (httpcore.TimeoutException, httpx.TimeoutException),
-    (httpcore.ConnectError, httpx.ConnectError),
-    (httpcore.ReadError, httpx.ReadError),
-    (httpcore.WriteError, httpx.WriteError),
-    (httpcore.NetworkError, httpx.NetworkError),
-    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
-    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
-    (httpcore.ProtocolError, httpx.ProtocolError),
-    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+# httpcore errors become the httpx errors of the same name, most specific first.
+_HTTPCORE_ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = tuple(
+    (getattr(httpcore, name), getattr(httpx, name))
+    for name in (
+        "ConnectTimeout ReadTimeout WriteTimeout PoolTimeout TimeoutException ConnectError "
+        "ReadError WriteError NetworkError RemoteProtocolError LocalProtocolError "
+        "ProtocolError UnsupportedProtocol"
+    ).split()
 )
 
 

@@ -152,7 +152,13 @@ class _WebSocketProxy:
         try:
             upstream = await link.connecting
         except Exception as exc:
-            logger.warning("h3_fastapi: WebSocket proxy could not reach upstream: %r", exc)
+            # Never ``%r``: a rejected handshake's repr carries every upstream header.
+            status = getattr(getattr(exc, "response", None), "status_code", None)
+            logger.warning(
+                "h3_fastapi: WebSocket proxy could not reach upstream: %s%s",
+                type(exc).__name__,
+                f" (HTTP {status})" if status is not None else "",
+            )
             peer.close(1011, "Upstream unavailable")
             return
         link.upstream = upstream
