@@ -4,16 +4,14 @@ WebSockets with crossws hooks, Server-Sent Events, a streaming proxy on httpx,
 and pub/sub that scales out through Redis.
 """
 
+from ._guard import TargetNotAllowed
+from ._headers import get_proxy_request_headers, join_proxy_path
+from ._proxy import ProxyOptions, fetch_with_event, proxy, proxy_request
+from ._transports import close_proxy_clients
+from ._websocket_proxy import create_websocket_proxy
 from .event_stream import EventStream, EventStreamMessage, create_event_stream, event_stream
 from .message import Message
 from .peer import CloseDetails, Peer
-from .proxy import (
-    create_websocket_proxy,
-    fetch_with_event,
-    get_proxy_request_headers,
-    proxy,
-    proxy_request,
-)
 from .pubsub import MemoryPubSub, PubSub, publish
 from .redis import RedisPubSub
 from .routing import H3, H3Router, Server, serve
@@ -35,11 +33,14 @@ __all__ = [
     "MemoryPubSub",
     "Message",
     "Peer",
+    "ProxyOptions",
     "PubSub",
     "RedisPubSub",
     "Server",
+    "TargetNotAllowed",
     "WSError",
     "WebSocketHandler",
+    "close_proxy_clients",
     "create_event_stream",
     "create_websocket_proxy",
     "define_websocket",
@@ -47,6 +48,7 @@ __all__ = [
     "event_stream",
     "fetch_with_event",
     "get_proxy_request_headers",
+    "join_proxy_path",
     "proxy",
     "proxy_request",
     "publish",

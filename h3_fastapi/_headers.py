@@ -9,9 +9,8 @@ at the upstream are turned back into the proxy's own origin.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from starlette.requests import Request
 
@@ -19,15 +18,18 @@ __all__ = [
     "FRAMING_REQUEST_HEADERS",
     "IGNORED_REQUEST_HEADERS",
     "IGNORED_RESPONSE_HEADERS",
+    "MAX_REWRITTEN_HEADER",
     "HeaderInput",
     "connection_tokens",
     "filter_request_headers",
     "filter_response_headers",
     "get_proxy_request_headers",
+    "join_proxy_path",
     "merge_headers",
     "origin_of",
     "rewrite_cookie",
     "rewrite_location_headers",
+    "split_refresh",
     "x_forwarded",
 ]
 
@@ -130,18 +132,26 @@ def filter_request_headers(
     return headers
 
 
-def filter_response_headers(items: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+def filter_response_headers(
+    items: Iterable[tuple[str, str]], *, keep_content_encoding: bool = False
+) -> list[tuple[str, str]]:
     """Upstream response headers minus hop-by-hop, framing and ``Connection``-named ones.
 
     Order and repeats are kept, so each ``Set-Cookie`` stays its own header.
+    ``keep_content_encoding`` keeps ``Content-Encoding`` (the body is relayed
+    compressed, as it came).
     """
     pairs = [(name.lower(), value) for name, value in items]
     nominated = connection_tokens(v for n, v in pairs if n == "connection")
     return [
         (name, value)
         for name, value in pairs
-        if name not in IGNORED_RESPONSE_HEADERS and name not in nominated
+        if (name not in IGNORED_RESPONSE_HEADERS or (keep_content_encoding and name == _CODING))
+        and name not in nominated
     ]
+
+
+_CODING = "content-encoding"
 
 
 def merge_headers(base: Mapping[str, str], *inputs: HeaderInput | None) -> dict[str, str]:
@@ -160,26 +170,40 @@ def merge_headers(base: Mapping[str, str], *inputs: HeaderInput | None) -> dict[
     return merged
 
 
+# Header values longer than this are relayed without being parsed or rewritten.
+MAX_REWRITTEN_HEADER = 8192
+
+
 def rewrite_cookie(cookie: str, rewrite: str | Mapping[str, str], attribute: str) -> str:
     """Rewrite one ``Set-Cookie`` attribute (``domain`` or ``path``) by a map.
 
     A string applies to every value; a mapping is looked up by the current
     value, ``"*"`` matching any. An empty replacement removes the attribute.
+    Attributes are read as RFC 6265 5.2 does (name and value trimmed of
+    whitespace, case-insensitive name), so ``Domain =x`` is the ``Domain``
+    attribute a browser sees. One pass over the value: linear time.
     """
+    if len(cookie) > MAX_REWRITTEN_HEADER:
+        return cookie
     mapping: Mapping[str, str] = {"*": rewrite} if isinstance(rewrite, str) else rewrite
-    pattern = re.compile(rf"(;\s*{attribute}=)([^;]+)", re.IGNORECASE)
-
-    def replace(match: re.Match[str]) -> str:
-        previous = match.group(2)
+    first, *attributes = cookie.split(";")
+    parts = [first]
+    for text in attributes:
+        name, has_value, value = text.partition("=")
+        if name.strip().lower() != attribute:
+            parts.append(text)
+            continue
+        previous = value.strip()
         if previous in mapping:
-            value = mapping[previous]
+            replacement = mapping[previous]
         elif "*" in mapping:
-            value = mapping["*"]
+            replacement = mapping["*"]
         else:
-            return match.group(0)
-        return match.group(1) + value if value else ""
-
-    return pattern.sub(replace, cookie)
+            parts.append(text)
+            continue
+        if replacement:
+            parts.append(f" {name.strip()}={replacement}" if has_value else text)
+    return ";".join(parts)
 
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
@@ -211,7 +235,10 @@ def _rewrite_origin(value: str, target_origin: str | None, request_origin: str) 
     if origin_of(value) != target_origin:
         return None  # relative or third-party: not ours to rewrite
     parts = urlsplit(value)
-    rewritten = request_origin + (parts.path or "/")
+    path = parts.path or "/"
+    if not request_origin and path.startswith(("//", "/\\")):
+        path = "/." + path  # a relative "//host/..." would leave the origin
+    rewritten = request_origin + path
     if parts.query:
         rewritten += "?" + parts.query
     if parts.fragment:
@@ -226,7 +253,42 @@ def _rewrite_prefix(value: str, mapping: Mapping[str, str]) -> str | None:
     return None
 
 
-_REFRESH = re.compile(r"""^(\s*(?:[\d.]+\s*[;,]\s*)?url\s*=\s*)(['"]?)(.*?)\2(\s*)$""", re.I)
+def split_refresh(value: str) -> tuple[str, str, str, str] | None:
+    """``(before, quote, url, after)`` of a ``Refresh`` value such as ``5; url='/x'``.
+
+    Read left to right once (no backtracking): the delay, a ``;`` or ``,``,
+    ``url``, ``=``, an optional quote, the URL up to the matching quote.
+    ``None`` when the value has no URL or is longer than ``MAX_REWRITTEN_HEADER``.
+    """
+    if len(value) > MAX_REWRITTEN_HEADER:
+        return None
+    i, n = 0, len(value)
+    while i < n and (value[i].isdigit() or value[i] in ". \t"):
+        i += 1
+    if i < n and value[i] in ";,":
+        i += 1
+    while i < n and value[i] in " \t":
+        i += 1
+    if value[i : i + 3].lower() != "url":
+        return None
+    i += 3
+    while i < n and value[i] in " \t":
+        i += 1
+    if i >= n or value[i] != "=":
+        return None
+    i += 1
+    while i < n and value[i] in " \t":
+        i += 1
+    quote = value[i] if i < n and value[i] in "'\"" else ""
+    start = i + len(quote)
+    rest = value[start:]
+    url = rest.rstrip(" \t")
+    after = rest[len(url) :]
+    if quote and url.endswith(quote):
+        url = url[: -len(quote)]
+    elif quote:
+        return None
+    return value[:i], quote, url, after
 
 
 def rewrite_location_headers(
@@ -251,15 +313,14 @@ def rewrite_location_headers(
 
     result: list[tuple[str, str]] = []
     for name, value in headers:
-        if name == "location" and value:
+        if name == "location" and value and len(value) <= MAX_REWRITTEN_HEADER:
             value = rewrite_value(value) or value
         elif name == "refresh" and value:
-            match = _REFRESH.match(value)
-            if match:
-                new_url = rewrite_value(match.group(3))
-                if new_url:
-                    quote = match.group(2)
-                    value = match.group(1) + quote + new_url + quote + match.group(4)
+            parts = split_refresh(value)
+            new_url = rewrite_value(parts[2]) if parts else None
+            if parts and new_url:
+                before, quote, _, after = parts
+                value = before + quote + new_url + quote + after
         result.append((name, value))
     return result
 
@@ -298,3 +359,29 @@ def x_forwarded(headers: dict[str, str], request: Request) -> dict[str, str]:
     headers["x-forwarded-host"] = url.netloc
     headers["x-forwarded-port"] = str(url.port or (443 if url.scheme == "https" else 80))
     return headers
+
+
+def join_proxy_path(base: str, path: str, query: str = "") -> str:
+    """``base`` + ``/`` + ``path`` (+ ``?query``) that cannot leave ``base``'s path.
+
+    For the gateway pattern, ``proxy_request(request, join_proxy_path(BASE, path,
+    request.url.query))``: ``f"{BASE}/{path}"`` would let ``../``, ``%2e%2e/`` or
+    ``..%2f`` (the server decodes those before routing) climb out of ``BASE``,
+    because the URL parser removes dot segments. Here ``path`` is split on ``/``
+    and ``\\``; a segment that is, or decodes to, ``.`` or ``..``, or decodes to
+    something holding a slash, raises ``ValueError`` (answer 400 or 404); every
+    segment is percent-encoded, so ``?`` and ``#`` stay in the path. ``query`` is
+    appended as it is (the raw query string).
+    """
+    segments = []
+    for segment in path.replace("\\", "/").split("/"):
+        if not segment:
+            continue
+        decoded = segment
+        for _ in range(3):  # also what a double-decoding upstream would see
+            decoded = unquote(decoded)
+            if decoded in (".", "..") or "/" in decoded or "\\" in decoded:
+                raise ValueError(f"path segment {segment!r} would leave the base path")
+        segments.append(quote(segment, safe=""))
+    url = base.rstrip("/") + "/" + "/".join(segments)
+    return f"{url}?{query}" if query else url

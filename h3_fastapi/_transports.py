@@ -1,84 +1,169 @@
 """Upstream transports for the proxy: the pooled client and in-process targets.
 
-The pooled ``httpx.AsyncClient`` runs on aiohttp when it is installed (several
-times faster than httpcore, see ``bench/proxy_transport.py``), else on httpx's
-own transport. Targets starting with ``/`` are served by the same ASGI app
-through a streaming transport (``httpx.ASGITransport`` buffers whole bodies).
+The pooled ``httpx.AsyncClient`` runs on aiohttp (several times faster than
+httpcore, see ``bench/proxy_transport.py``), or on httpcore with
+``H3_PROXY_TRANSPORT=httpcore``; either way the API is httpx and foreign errors
+become httpx errors in one place (``map_transport_errors``). Targets starting
+with ``/`` are served by the same ASGI app through a streaming transport
+(``httpx.ASGITransport`` buffers whole bodies).
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
+import contextlib
 import os
 import re
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 from urllib.parse import unquote
 
+import aiohttp
 import httpcore
 import httpx
+import yarl
 from starlette.requests import Request
 from starlette.types import Scope
 
 from . import _shutdown
-from ._guard import TargetNotAllowed, _Guard, _GuardedBackend, _parse_ip
+from ._guard import Guard, GuardedBackend, GuardedSocketFactory, TargetNotAllowed, connecting_host
 from ._hooks import logger
+
+__all__ = ["TRANSPORT_ENV", "AppTransport", "close_proxy_clients", "internal_url", "pooled_client"]
 
 # Seconds to open a TCP connection to the upstream (then 502).
 CONNECT_TIMEOUT = 10.0
 KEEPALIVE_EXPIRY = 30.0
+MAX_CONNECTIONS_KEPT = 100
 # Environment override of the transport: "aiohttp", "httpcore" or "auto".
 TRANSPORT_ENV = "H3_PROXY_TRANSPORT"
 
 # A leading run the URL parser could read as the start of an authority.
 _LEADING_SEPARATORS = re.compile(r"^[/\\\t\n\r]+")
 
-# --- the pooled client ---------------------------------------------------------
-
-_LIMITS = httpx.Limits(
-    max_connections=None, max_keepalive_connections=100, keepalive_expiry=KEEPALIVE_EXPIRY
+# httpcore errors become the httpx errors of the same name, most specific first.
+_HTTPCORE_ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = tuple(
+    (getattr(httpcore, name), getattr(httpx, name))
+    for name in (
+        "ConnectTimeout ReadTimeout WriteTimeout PoolTimeout TimeoutException ConnectError "
+        "ReadError WriteError NetworkError RemoteProtocolError LocalProtocolError "
+        "ProtocolError UnsupportedProtocol"
+    ).split()
 )
 
 
-def _httpcore_transport(guard: _Guard | None) -> httpx.AsyncBaseTransport:
-    transport = httpx.AsyncHTTPTransport(limits=_LIMITS, trust_env=False)
-    if guard is not None:
-        transport._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
-            max_connections=_LIMITS.max_connections,
-            max_keepalive_connections=_LIMITS.max_keepalive_connections,
-            keepalive_expiry=_LIMITS.keepalive_expiry,
-            network_backend=_GuardedBackend(guard),
-        )
-    return transport
+@contextlib.contextmanager
+def map_transport_errors(request: httpx.Request, *, reading: bool = False) -> Iterator[None]:
+    """Turn aiohttp, httpcore and socket errors into the httpx error that names them.
 
-
-def _aiohttp_transport(guard: _Guard | None) -> httpx.AsyncBaseTransport | None:
-    """The aiohttp transport, or ``None`` when aiohttp is not installed."""
+    ``TargetNotAllowed`` (the guard) passes through with the request attached.
+    """
     try:
-        aiohttp: Any = importlib.import_module("aiohttp")
-        yarl: Any = importlib.import_module("yarl")
-    except ImportError:
-        return None
-    return _AiohttpTransport(aiohttp, yarl, guard)
+        yield
+    except TargetNotAllowed as exc:
+        exc.request = request
+        raise
+    except httpx.TransportError:
+        raise
+    except aiohttp.ClientConnectorError as exc:
+        cause = exc.os_error
+        if isinstance(cause, TargetNotAllowed):
+            raise TargetNotAllowed(str(cause), request=request) from exc
+        raise httpx.ConnectError(str(exc), request=request) from exc
+    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        timeout: type[httpx.TimeoutException] = (
+            httpx.ReadTimeout if reading else httpx.ConnectTimeout
+        )
+        raise timeout(str(exc) or "timed out", request=request) from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        failure: type[httpx.NetworkError] = httpx.ReadError if reading else httpx.NetworkError
+        raise failure(str(exc) or type(exc).__name__, request=request) from exc
+    except httpcore.TimeoutException as exc:
+        raise _httpcore_error(exc)(str(exc), request=request) from exc
+    except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol) as exc:
+        raise _httpcore_error(exc)(str(exc), request=request) from exc
+
+
+def _httpcore_error(exc: Exception) -> type[httpx.TransportError]:
+    for foreign, ours in _HTTPCORE_ERRORS:
+        if isinstance(exc, foreign):
+            return ours
+    return httpx.TransportError
+
+
+# --- httpcore -------------------------------------------------------------------
+
+
+class _HttpcoreStream(httpx.AsyncByteStream):
+    def __init__(self, stream: Any, request: httpx.Request) -> None:
+        self._stream = stream
+        self._request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        with map_transport_errors(self._request, reading=True):
+            async for chunk in self._stream:
+                yield chunk
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+class _HttpcoreTransport(httpx.AsyncBaseTransport):
+    """httpx over an httpcore pool whose network backend may be the guard's.
+
+    httpx's own ``AsyncHTTPTransport`` does not take a network backend; this
+    owns its pool instead of reaching into that one.
+    """
+
+    def __init__(self, guard: Guard | None) -> None:
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(trust_env=False),
+            max_connections=None,
+            max_keepalive_connections=MAX_CONNECTIONS_KEPT,
+            keepalive_expiry=KEEPALIVE_EXPIRY,
+            network_backend=None if guard is None else GuardedBackend(guard),
+        )
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        outgoing = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(
+                scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
+            ),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        with map_transport_errors(request):
+            response = await self._pool.handle_async_request(outgoing)
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.headers,
+            stream=_HttpcoreStream(response.stream, request),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
+
+
+# --- aiohttp --------------------------------------------------------------------
 
 
 class _AiohttpStream(httpx.AsyncByteStream):
     """An aiohttp response body as an httpx stream, chunks as they arrive."""
 
-    def __init__(self, response: Any, aiohttp: Any) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
         self._response = response
-        self._aiohttp = aiohttp
+        self._request = request
         self._complete = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
+        with map_transport_errors(self._request, reading=True):
             async for chunk in self._response.content.iter_any():
                 yield chunk
-        except (self._aiohttp.ClientError, OSError) as exc:
-            raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
         self._complete = True
 
     async def aclose(self) -> None:
@@ -92,25 +177,21 @@ class _AiohttpTransport(httpx.AsyncBaseTransport):
     """httpx transport on an aiohttp session: no cookie jar, no decompression, no redirects.
 
     Several times faster than httpcore for proxying (``bench/proxy_transport.py``).
-    The guard checks IP-literal hosts here (aiohttp does not ask the resolver
-    about them) and names in the resolver.
+    The guard checks each socket's address in the connector's socket factory.
     """
 
-    def __init__(self, aiohttp: Any, yarl: Any, guard: _Guard | None) -> None:
-        self._aiohttp = aiohttp
-        self._yarl = yarl
+    def __init__(self, guard: Guard | None) -> None:
         self._guard = guard
         self._ssl = httpx.create_ssl_context(trust_env=False)
-        self._session: Any = None
+        self._session: aiohttp.ClientSession | None = None
 
-    def _open_session(self) -> Any:
-        aiohttp = self._aiohttp
-        resolver = _aiohttp_resolver(aiohttp, self._guard) if self._guard is not None else None
+    def _open_session(self) -> aiohttp.ClientSession:
+        guard = self._guard
         connector = aiohttp.TCPConnector(
             limit=0,
             keepalive_timeout=KEEPALIVE_EXPIRY,
             ssl=self._ssl,
-            resolver=resolver,
+            socket_factory=None if guard is None else GuardedSocketFactory(guard),
         )
         return aiohttp.ClientSession(
             connector=connector,
@@ -124,13 +205,6 @@ class _AiohttpTransport(httpx.AsyncBaseTransport):
         )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        aiohttp = self._aiohttp
-        host = request.url.host
-        if self._guard is not None and _parse_ip(host) is not None:
-            reason = self._guard.refusal(host, [host])
-            if reason is not None:
-                logger.warning("h3_fastapi: proxy refused upstream: %s", reason)
-                raise TargetNotAllowed(reason, request=request)
         if self._session is None:
             self._session = self._open_session()
         data: Any
@@ -142,30 +216,30 @@ class _AiohttpTransport(httpx.AsyncBaseTransport):
             (k, v) for k, v in request.headers.multi_items() if k.lower() != "transfer-encoding"
         ]
         timeouts = request.extensions.get("timeout", {})
+        # httpx already turned URL credentials into ``Authorization``; aiohttp refuses both.
+        url = request.url.copy_with(userinfo=b"") if request.url.userinfo else request.url
+        token = connecting_host.set(url.host)
         try:
-            response = await self._session.request(
-                request.method,
-                self._yarl.URL(str(request.url), encoded=True),
-                headers=headers,
-                data=data,
-                allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    sock_connect=timeouts.get("connect"),
-                    sock_read=timeouts.get("read"),
-                ),
-                server_hostname=request.extensions.get("sni_hostname"),
-            )
-        except aiohttp.ClientConnectorError as exc:
-            raise httpx.ConnectError(str(exc), request=request) from exc
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise httpx.TimeoutException(str(exc) or "timed out", request=request) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise httpx.NetworkError(str(exc) or type(exc).__name__, request=request) from exc
+            with map_transport_errors(request):
+                response = await self._session.request(
+                    request.method,
+                    yarl.URL(str(url), encoded=True),
+                    headers=headers,
+                    data=data,
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(
+                        total=None,
+                        sock_connect=timeouts.get("connect"),
+                        sock_read=timeouts.get("read"),
+                    ),
+                    server_hostname=request.extensions.get("sni_hostname"),
+                )
+        finally:
+            connecting_host.reset(token)
         return httpx.Response(
             response.status,
             headers=list(response.raw_headers),
-            stream=_AiohttpStream(response, aiohttp),
+            stream=_AiohttpStream(response, request),
             request=request,
             extensions={"http_version": b"HTTP/1.1"},
         )
@@ -175,34 +249,13 @@ class _AiohttpTransport(httpx.AsyncBaseTransport):
             await self._session.close()
 
 
-def _aiohttp_resolver(aiohttp: Any, guard: _Guard) -> Any:
-    base: type = aiohttp.abc.AbstractResolver
-
-    class GuardedResolver(base):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self._inner = aiohttp.ThreadedResolver()
-
-        async def resolve(self, host: str, port: int = 0, family: int = 0) -> Any:
-            results = await self._inner.resolve(host, port, family)
-            reason = guard.refusal(host, [r["host"] for r in results])
-            if reason is not None:
-                logger.warning("h3_fastapi: proxy refused upstream: %s", reason)
-                raise OSError(reason)
-            return results
-
-        async def close(self) -> None:
-            await self._inner.close()
-
-    return GuardedResolver()
-
-
-def _new_client(guard: _Guard | None) -> httpx.AsyncClient:
+def _new_client(guard: Guard | None) -> httpx.AsyncClient:
     kind = os.environ.get(TRANSPORT_ENV, "auto").lower()
-    transport = _aiohttp_transport(guard) if kind in ("auto", "aiohttp") else None
-    if transport is None:
-        if kind == "aiohttp":
-            raise RuntimeError(f"{TRANSPORT_ENV}=aiohttp but aiohttp is not installed")
-        transport = _httpcore_transport(guard)
+    transport: httpx.AsyncBaseTransport
+    if kind == "httpcore":
+        transport = _HttpcoreTransport(guard)
+    else:
+        transport = _AiohttpTransport(guard)
     client = httpx.AsyncClient(
         transport=transport,
         timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT),
@@ -218,11 +271,11 @@ def _new_client(guard: _Guard | None) -> httpx.AsyncClient:
     return client
 
 
-_ClientKey = tuple[int, asyncio.AbstractEventLoop, "_Guard | None"]
+_ClientKey = tuple[int, asyncio.AbstractEventLoop, "Guard | None"]
 _clients: dict[_ClientKey, httpx.AsyncClient] = {}
 
 
-def _pooled_client(app: Any, guard: _Guard | None) -> httpx.AsyncClient:
+def pooled_client(app: Any, guard: Guard | None) -> httpx.AsyncClient:
     """The app's client for this event loop (and guard), made on first use."""
     key = (id(app), asyncio.get_running_loop(), guard)
     client = _clients.get(key)
@@ -260,7 +313,7 @@ def _internal_path(target: str) -> str:
     return _LEADING_SEPARATORS.sub("/", target, count=1)
 
 
-def _internal_url(request: Request, target: str) -> httpx.URL:
+def internal_url(request: Request, target: str) -> httpx.URL:
     root = request.scope.get("root_path", "") or ""
     path = _internal_path(target)
     if root and not path.startswith(root.rstrip("/") + "/"):
@@ -362,7 +415,7 @@ class _AppExchange:
             await asyncio.wait({task})
 
 
-class _AppTransport(httpx.AsyncBaseTransport):
+class AppTransport(httpx.AsyncBaseTransport):
     """Serve httpx requests with an ASGI app in this process, streaming both ways.
 
     Unlike ``httpx.ASGITransport`` the response is returned as soon as the app
@@ -408,7 +461,7 @@ class _AppTransport(httpx.AsyncBaseTransport):
         return httpx.Response(status, headers=headers, stream=_AppStream(exchange), request=request)
 
 
-def _app_of(request: Request) -> Any:
+def app_of(request: Request) -> Any:
     app = request.scope.get("app")
     if app is None:
         raise RuntimeError("in-process proxy targets need scope['app'] (a Starlette/FastAPI app)")

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from starlette.requests import Request
 
-from ._guard import _Guard, _make_guard, _resolve_checked
+from ._guard import Guard, make_guard, resolve_checked
 from ._headers import (
     HeaderInput,
     get_proxy_request_headers,
@@ -72,7 +72,7 @@ class _WebSocketProxy:
         buffer_limit: int,
         open_timeout: float,
         max_message_size: int | None,
-        guard: _Guard | None,
+        guard: Guard | None,
         connect_options: Mapping[str, Any],
     ) -> None:
         self.target = target
@@ -119,7 +119,7 @@ class _WebSocketProxy:
         # Connect only to addresses the guard checked (no second DNS lookup).
         parts = urlsplit(target)
         port = parts.port or (443 if parts.scheme == "wss" else 80)
-        addresses = await _resolve_checked(self.guard, parts.hostname or "", port)
+        addresses = await resolve_checked(self.guard, parts.hostname or "", port)
         error: Exception | None = None
         for address in addresses:
             try:
@@ -152,7 +152,13 @@ class _WebSocketProxy:
         try:
             upstream = await link.connecting
         except Exception as exc:
-            logger.warning("h3_fastapi: WebSocket proxy could not reach upstream: %r", exc)
+            # Never ``%r``: a rejected handshake's repr carries every upstream header.
+            status = getattr(getattr(exc, "response", None), "status_code", None)
+            logger.warning(
+                "h3_fastapi: WebSocket proxy could not reach upstream: %s%s",
+                type(exc).__name__,
+                f" (HTTP {status})" if status is not None else "",
+            )
             peer.close(1011, "Upstream unavailable")
             return
         link.upstream = upstream
@@ -253,7 +259,7 @@ def create_websocket_proxy(
         buffer_limit=buffer_limit,
         open_timeout=open_timeout,
         max_message_size=max_message_size,
-        guard=_make_guard(allow_hosts, deny_private),
+        guard=make_guard(allow_hosts, deny_private),
         connect_options=connect_options,
     )
     return proxy_hooks.hooks()
