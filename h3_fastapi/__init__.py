@@ -4,7 +4,7 @@ WebSockets with crossws hooks, Server-Sent Events, a streaming proxy on httpx,
 and pub/sub that scales out through Redis.
 """
 
-from .event_stream import EventStream, EventStreamMessage, create_event_stream, event_stream
+from ._event_stream import EventStream, EventStreamMessage, create_event_stream, event_stream
 from .message import Message
 from .peer import CloseDetails, Peer
 from .proxy import (

@@ -87,6 +87,15 @@ class Outbox(Generic[Item]):
         """Items wait and nobody is writing them."""
         return bool(self._items) and not self._writing
 
+    @property
+    def writing(self) -> bool:
+        """A write is under way."""
+        return self._writing
+
+    def all_written(self) -> Awaitable[None]:
+        """Resolves when everything queued so far is written (or the outbox is shut)."""
+        return Written(self.wait_written, self._queued)
+
     def hop(self, func: Callable[..., Any], *args: Any) -> bool:
         """Called off the loop's thread: schedule ``func(*args)`` on the loop, return ``True``.
 
