@@ -79,13 +79,13 @@ _BASE_HEADERS = [
 class _Closed:
     """Returned by ``close``: await it to wait until the stream has ended."""
 
-    __slots__ = ("_stream",)
+    __slots__ = ("_wait",)
 
-    def __init__(self, stream: EventStream) -> None:
-        self._stream = stream
+    def __init__(self, wait: Callable[[], Awaitable[None]]) -> None:
+        self._wait = wait
 
     def __await__(self) -> Generator[Any, None, None]:
-        return self._stream._wait_closed().__await__()
+        return self._wait().__await__()
 
 
 def _body(chunk: bytes) -> dict[str, Any]:
@@ -395,7 +395,7 @@ class EventStream(Response):
         self._close()
         if not self._started or self._state is _CLOSED:
             return DONE
-        return _Closed(self)
+        return _Closed(self._wait_closed)
 
     def _close(self) -> None:
         if self.is_closed:
@@ -628,6 +628,14 @@ class EventStream(Response):
                 self._close()
 
 
+class _GeneratorStream(EventStream):
+    """The stream of an ``@event_stream`` endpoint: pushes what its generator yields."""
+
+    def __init__(self, request: HTTPConnection, producer: AsyncIterator[Any], **options: Any):
+        super().__init__(request, **options)
+        self._producer = producer
+
+
 def _timed(send: Send, seconds: float, on_timeout: Callable[[], None]) -> Send:
     """``send`` that calls ``on_timeout`` when one write stays blocked over ``seconds``."""
     loop = asyncio.get_running_loop()
@@ -753,9 +761,8 @@ def event_stream(func: Callable[..., Any] | None = None, /, **options: Any) -> A
         request = bound.arguments[request_name]
         if added:
             del bound.arguments[request_name]
-        stream = EventStream(request, **options)
-        stream._producer = generator_function(*bound.args, **bound.kwargs)
-        return stream
+        producer = generator_function(*bound.args, **bound.kwargs)
+        return _GeneratorStream(request, producer, **options)
 
     # FastAPI unwraps ``__wrapped__`` and would serve the generator itself.
     del endpoint.__wrapped__
