@@ -245,7 +245,6 @@ class _Connection(Outbox[Outgoing]):
         "terminated",
         "topics",
         "websocket",
-        "writer_task",
     )
 
     def __init__(
@@ -277,7 +276,6 @@ class _Connection(Outbox[Outgoing]):
         self.terminated = False
         self.in_receive = False
         self.topics: set[str] | None = None  # made on first subscribe
-        self.writer_task: asyncio.Task[Any] | None = None
         self.reader: asyncio.Task[Any] | None = None
         self.main: asyncio.Task[Any] | None = None
         self.peer = Peer(self, request, namespace)
@@ -326,7 +324,7 @@ class _Connection(Outbox[Outgoing]):
                         except Exception as exc:
                             await hooks.failed(self.peer, "message", exc)
                     if self._items and not self._writing:
-                        await self.flush(self.reader)
+                        await self.flush()
                 elif event["type"] == "websocket.disconnect":
                     self._disconnected(event)
                     return
@@ -382,7 +380,7 @@ class _Connection(Outbox[Outgoing]):
         try:
             while self.state is not _CLOSED:
                 if self._items and not self._writing:
-                    await self.flush(self.main)
+                    await self.flush()
                 elif self.state is _CLOSING and not self._writing:
                     await self._send_close()
                     return
@@ -401,30 +399,30 @@ class _Connection(Outbox[Outgoing]):
             pass
         self._finish(code, reason)
 
-    async def flush(self, task: asyncio.Task[Any] | None = None) -> None:
-        """Write the outbox from ``task`` (default: the calling task)."""
-        self.writer_task = task if task is not None else asyncio.current_task()
-        try:
-            await self.write_pending(self.send)
-        except asyncio.CancelledError:
+    def flush(self) -> Awaitable[None]:
+        """Write the outbox from the calling task."""
+        return self.write_pending(self.send)
+
+    def _write_failed(self, exc: BaseException) -> bool:
+        if isinstance(exc, asyncio.CancelledError):
             if not self.terminated:
-                raise
+                return False
             uncancel()
-        except Exception as exc:  # the transport is gone
-            logger.debug("h3_fastapi: send to peer %s failed: %r", self.peer, exc)
-            self._finish(1006, "")
-            self._transport_failed(exc)
-        finally:
-            self.writer_task = None
-            if self.state is not _OPEN:
-                self.wake_writer()
+            return True
+        logger.debug("h3_fastapi: send to peer %s failed: %r", self.peer, exc)
+        self._finish(1006, "")
+        self._transport_failed(exc)  # type: ignore[arg-type]
+        return True
+
+    def _after_write(self) -> None:
+        if self.state is not _OPEN:
+            self.wake_writer()
 
     def _may_write_here(self) -> bool:
         task = asyncio.current_task()
         return task is self.reader or task is self.main
 
-    async def _write_here(self) -> None:
-        await self.flush()
+    _write_here = flush
 
     async def _stop_reader(self) -> None:
         reader = self.reader
@@ -494,9 +492,9 @@ class _Connection(Outbox[Outgoing]):
             return
         code, reason = self.close_request or (1006, "terminated")
         self.terminated = True
-        task = self.writer_task if self._writing else None
+        task = self._writing
         self._finish(code, reason)
-        if task is not None and not task.done():
+        if isinstance(task, asyncio.Task) and not task.done():
             task.cancel()
 
     def _overflow(self) -> None:

@@ -64,6 +64,7 @@ class _State(enum.Enum):
 
 
 _NEW, _OPEN, _CLOSING, _CLOSED = _State
+_ENDED = frozenset({_CLOSING, _CLOSED})
 
 _PING = b": ping\n\n"
 # An ``@event_stream`` generator runs ahead of the writer by at most this much.
@@ -103,6 +104,7 @@ class _StreamWriter(Outbox[bytes]):
     _join = b"".join
     _size = len
     _to_message = staticmethod(_body)
+    _yield_after_write_here = True
 
     __slots__ = ("closing", "held", "on_overflow", "paused", "send")
 
@@ -150,14 +152,13 @@ class _StreamWriter(Outbox[bytes]):
     def _may_write_here(self) -> bool:
         return self.send is not None and self.parked
 
-    async def _write_here(self) -> None:
+    def _write_here(self) -> Awaitable[None]:
         assert self.send is not None
-        await self.write_pending(self.send)
+        return self.write_pending(self.send)
+
+    def _after_write(self) -> None:
         if self._items or self.closing:
             self.wake_writer()
-        # A send that did not block never yielded: give other tasks a turn,
-        # or a producer that never waits for anything would starve the loop.
-        await asyncio.sleep(0)
 
 
 class EventStream(Response):
@@ -266,7 +267,7 @@ class EventStream(Response):
     @property
     def is_closed(self) -> bool:
         """``True`` once ``close`` was called or the stream ended for any reason."""
-        return self._state.value >= _CLOSING.value
+        return self._state in _ENDED
 
     @property
     def is_paused(self) -> bool:
@@ -298,7 +299,7 @@ class EventStream(Response):
         handed to the server; before the stream is returned it resolves at
         once. Safe from any thread. Ignored after close.
         """
-        if self.is_closed:
+        if self._state in _ENDED:
             return DONE
         data = encode(message)
         return self._queue(data) if data else DONE
@@ -319,7 +320,7 @@ class EventStream(Response):
 
     def _queue(self, data: bytes, unpaused: bool = False) -> Awaitable[None]:
         writer = self._writer
-        if self.is_closed or writer.hop(self._queue, data, unpaused):
+        if self._state in _ENDED or writer.hop(self._queue, data, unpaused):
             return DONE
         if writer.paused and not unpaused:
             writer.hold(data)

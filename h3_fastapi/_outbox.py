@@ -35,6 +35,7 @@ class Outbox(Generic[Item]):
     _join: ClassVar[Any] = None
     _size: ClassVar[Any]
     _to_message: ClassVar[Any]
+    _yield_after_write_here: ClassVar[bool] = False
 
     __slots__ = (
         "_buffered",
@@ -67,7 +68,7 @@ class Outbox(Generic[Item]):
         self._wake: asyncio.Future[None] | None = None
         self._wake_scheduled = False
         self._hold_wake = False
-        self._writing = False
+        self._writing: asyncio.Task[Any] | bool | None = None
         self._closed = False
         self._loop = loop
         self._thread = threading.get_ident() if loop is not None else 0
@@ -90,7 +91,7 @@ class Outbox(Generic[Item]):
     @property
     def writing(self) -> bool:
         """A write is under way."""
-        return self._writing
+        return bool(self._writing)
 
     def all_written(self) -> Awaitable[None]:
         """Resolves when everything queued so far is written (or the outbox is shut)."""
@@ -150,9 +151,11 @@ class Outbox(Generic[Item]):
     async def write_pending(self, send: Callable[[Any], Awaitable[None]]) -> None:
         """Write the queue in order through ``send`` (one ASGI message per item or batch).
 
-        Only one caller writes at a time; the caller checks ``pending`` first.
+        Only one task writes at a time (``writing`` is that task while it
+        does); the caller checks ``pending`` first. A failing ``send`` goes to
+        ``_write_failed``, which says whether the owner has dealt with it.
         """
-        self._writing = True
+        self._writing = asyncio.current_task() or True
         items = self._items
         join = self._join
         try:
@@ -172,8 +175,12 @@ class Outbox(Generic[Item]):
                 self._written += count
                 if self._waiters or self._drainers:
                     self._release()
+        except (Exception, asyncio.CancelledError) as exc:
+            if not self._write_failed(exc):
+                raise
         finally:
-            self._writing = False
+            self._writing = None
+            self._after_write()
 
     def _release(self) -> None:
         """Resolve the waiters whose item is written and the drainers now under their bound."""
@@ -188,6 +195,10 @@ class Outbox(Generic[Item]):
             return
         if not self._writing and self._may_write_here():
             await self._write_here()
+            if self._yield_after_write_here:
+                # A send that did not block never yielded: give other tasks a
+                # turn, or a producer that never waits would starve the loop.
+                await asyncio.sleep(0)
             if self._written >= seq or self._closed:
                 return
         future: asyncio.Future[None] = self._loop.create_future()  # type: ignore[union-attr]
@@ -238,5 +249,13 @@ class Outbox(Generic[Item]):
         """Whether a task awaiting a write may write the queue itself."""
         return False
 
-    async def _write_here(self) -> None:
+    def _write_here(self) -> Awaitable[None]:
         """Write the queue from the awaiting task (only when ``_may_write_here``)."""
+        raise NotImplementedError
+
+    def _write_failed(self, exc: BaseException) -> bool:
+        """``send`` raised (or the writer was cancelled); ``True`` when handled here."""
+        return False
+
+    def _after_write(self) -> None:
+        """A ``write_pending`` ended; wake the writer if the owner needs it."""
