@@ -457,7 +457,7 @@ class _Connection(Outbox[Outgoing]):
 
     def queue(self, outgoing: Outgoing) -> Awaitable[None]:
         """Queue an encoded frame unless closing; any thread."""
-        if self.state is not _OPEN or self.hop(self.queue, outgoing):
+        if self.state is not _OPEN:
             return DONE
         return self.put(outgoing, outgoing.size)
 

@@ -110,7 +110,9 @@ class Outbox(Generic[Item]):
         return True
 
     def put(self, item: Item, size: int) -> Awaitable[None]:
-        """Queue ``item`` (on the loop's thread); await the result to wait until written."""
+        """Queue ``item`` (any thread); await the result to wait until written."""
+        if self._closed or self.hop(self.put, item, size):
+            return DONE
         items = self._items
         if items.__class__ is not deque:
             items = self._items = deque()
