@@ -4,12 +4,12 @@ WebSockets with crossws hooks, Server-Sent Events, a streaming proxy on httpx,
 and pub/sub that scales out through Redis.
 """
 
+from ._event_stream import EventStream, EventStreamMessage, create_event_stream, event_stream
 from ._guard import TargetNotAllowed
 from ._headers import get_proxy_request_headers, join_proxy_path
 from ._proxy import ProxyOptions, fetch_with_event, proxy, proxy_request
 from ._transports import close_proxy_clients
 from ._websocket_proxy import create_websocket_proxy
-from .event_stream import EventStream, EventStreamMessage, create_event_stream, event_stream
 from .message import Message
 from .peer import CloseDetails, Peer
 from .pubsub import MemoryPubSub, PubSub, publish

@@ -9,12 +9,26 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .peer import Peer
 
 logger = logging.getLogger("h3_fastapi")
 
-__all__ = ["call_maybe_async", "logger", "run_callback"]
+__all__ = ["HOOK_NAMES", "Hook", "Hooks", "WSError", "call_maybe_async", "logger", "run_callback"]
+
+HOOK_NAMES = ("upgrade", "open", "message", "close", "error")
+
+Hook = Callable[..., Any]
+
+
+class WSError(Exception):
+    """An error in a hook or the transport, handed to the ``error`` hook.
+
+    The original exception is ``__cause__``.
+    """
 
 
 async def call_maybe_async(func: Callable[..., Any], *args: Any) -> Any:
@@ -31,3 +45,56 @@ async def run_callback(func: Callable[..., Any], *args: Any, what: str) -> None:
         await call_maybe_async(func, *args)
     except Exception:
         logger.exception("h3_fastapi: %s raised", what)
+
+
+class Hooks:
+    """The resolved hooks of one connection (``None`` where not given), and how to call them."""
+
+    __slots__ = HOOK_NAMES
+
+    upgrade: Hook | None
+    open: Hook | None
+    message: Hook | None
+    close: Hook | None
+    error: Hook | None
+
+    def __init__(self, source: Any, overrides: Mapping[str, Hook | None]) -> None:
+        for name in HOOK_NAMES:
+            if isinstance(source, Mapping):
+                hook = source.get(name)
+            else:
+                hook = getattr(source, name, None) if source is not None else None
+            override = overrides.get(name)
+            if override is not None:
+                hook = override
+            if hook is not None and not callable(hook):
+                raise TypeError(f"WebSocket hook {name!r} must be callable, got {hook!r}")
+            setattr(self, name, hook)
+
+    async def call(self, name: str, peer: Peer, *args: Any) -> None:
+        """Run hook ``name`` with ``(peer, *args)``; an exception goes to ``failed``."""
+        hook = getattr(self, name)
+        if hook is None:
+            return
+        try:
+            await call_maybe_async(hook, peer, *args)
+        except Exception as exc:
+            await self.failed(peer, name, exc)
+
+    async def failed(self, peer: Peer, name: str, exc: Exception) -> None:
+        """Route a hook exception to ``error``, then close 1011 unless already closing.
+
+        ``name`` is the hook that raised, or ``"transport"`` (the peer is closed then).
+        """
+        what = "transport failed" if name == "transport" else f"{name} hook raised"
+        error = WSError(f"{what} {type(exc).__name__}: {exc}")
+        error.__cause__ = exc
+        if self.error is not None:
+            try:
+                await call_maybe_async(self.error, peer, error)
+            except Exception:
+                logger.exception("h3_fastapi: error hook raised")
+        else:
+            logger.error("h3_fastapi: WebSocket %s hook raised", name, exc_info=exc)
+        if peer.is_open:
+            peer.close(1011, "Internal Error")

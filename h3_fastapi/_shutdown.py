@@ -76,12 +76,12 @@ def _install_uvicorn_patch() -> None:
     except ImportError:  # pragma: no cover - uvicorn is a dependency
         return
     original = uvicorn.Server.shutdown
-    if getattr(original, "_h3_wrapped", False):
+    if getattr(original, "__h3_wrapped__", False):
         return
 
     async def shutdown(self: Any, *args: Any, **kwargs: Any) -> None:
         await notify_server_exit()
         await original(self, *args, **kwargs)
 
-    shutdown._h3_wrapped = True  # type: ignore[attr-defined]
+    shutdown.__h3_wrapped__ = True  # type: ignore[attr-defined]
     uvicorn.Server.shutdown = shutdown  # type: ignore[method-assign]

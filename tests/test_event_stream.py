@@ -22,7 +22,7 @@ from starlette.requests import Request
 
 from h3_fastapi import EventStream, EventStreamMessage, MemoryPubSub, create_event_stream
 from h3_fastapi import event_stream as event_stream_decorator
-from h3_fastapi.event_stream import format_comment, format_event
+from h3_fastapi._event_stream import format_comment, format_event
 from h3_fastapi.pubsub import Outgoing
 
 # --- a fake ASGI server ---------------------------------------------------------

@@ -149,6 +149,61 @@ async def test_max_peers_rejects_upgrade_with_503_then_admits_after_a_leave(
     assert len(rec.of("open")) == 3
 
 
+async def test_max_peers_holds_under_concurrent_async_upgrades(live_server: Any) -> None:
+    """20 clients at once, ``max_peers=5``, an ``upgrade`` that waits: exactly 5 get in."""
+    rec = Recorder()
+    gate = threading.Event()
+
+    async def upgrade(request: Any) -> None:
+        rec.add("upgrade")
+        # Parked until the test has seen every other client turned away.
+        await asyncio.get_running_loop().run_in_executor(None, gate.wait, TIMEOUT)
+
+    handler = define_websocket_handler(
+        upgrade=upgrade,
+        open=lambda peer: rec.add("open", peer.id),
+        close=lambda peer, details: rec.add("close", details.code),
+        max_peers=5,
+    )
+    server = live_server(app_with("/ws", handler))
+    url = f"{server.ws_url}/ws"
+
+    async def client() -> Any:
+        return await connect(url, open_timeout=TIMEOUT)
+
+    clients = [asyncio.create_task(client()) for _ in range(20)]
+    try:
+        await rec.wait_for("upgrade", 5)
+        done: set[asyncio.Task[Any]] = set()
+        # Nothing but the 15 rejections can finish while the gate is shut.
+        while len(done) < 15:
+            more, _ = await asyncio.wait(
+                [c for c in clients if c not in done],
+                timeout=TIMEOUT,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            assert more, f"only {len(done)} clients were answered while 5 upgrades wait"
+            done |= more
+        assert len(done) == 15
+        statuses = [c.exception().response.status_code for c in done]  # type: ignore[union-attr]
+        assert statuses == [503] * 15
+        assert len(rec.of("upgrade")) == 5
+        gate.set()
+        admitted = await asyncio.gather(*(c for c in clients if c not in done))
+        await rec.wait_for("open", 5)
+        assert len(rec.of("open")) == 5
+        for ws in admitted:
+            await ws.close()
+        await rec.wait_for("close", 5)
+    finally:
+        gate.set()
+        for client in clients:
+            if not client.done():
+                client.cancel()
+            elif not client.cancelled() and client.exception() is None:
+                await client.result().close()
+
+
 # --- send_buffer_limit --------------------------------------------------------------
 
 

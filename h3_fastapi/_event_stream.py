@@ -15,25 +15,26 @@ open streams first, so uvicorn never waits on an endless response.
 from __future__ import annotations
 
 import asyncio
+import enum
 import functools
 import inspect
-import re
-import sys
 import threading
 import typing
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
+from fastapi.dependencies.utils import get_typed_annotation
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from . import _shutdown
-from ._compat import Written, release_reached, resolve, uncancel
+from ._compat import spawn, uncancel, worker_thread_loop
 from ._hooks import logger, run_callback
-from ._serialize import to_json_text, to_text
+from ._outbox import Outbox
+from ._serialize import to_text
+from ._sse import EventStreamMessage, encode, format_comment, format_event
 from .pubsub import DONE, Outgoing, PubSub, get_default_pubsub
 
 __all__ = [
@@ -52,10 +53,19 @@ DEFAULT_MAX_BUFFER = 1024 * 1024
 # Seconds a stream closed by server shutdown may take to get its last bytes out.
 SHUTDOWN_FLUSH_TIMEOUT = 0.5
 
-_NEW, _OPEN, _CLOSING, _CLOSED = 0, 1, 2, 3
 
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
-_MESSAGE_FIELDS = frozenset({"data", "id", "event", "retry"})
+class _State(enum.Enum):
+    """Where a stream is; it only moves forward."""
+
+    NEW = 0  # made, not yet returned to the server
+    OPEN = 1
+    CLOSING = 2  # ``close`` called: the queue is still being written
+    CLOSED = 3
+
+
+_NEW, _OPEN, _CLOSING, _CLOSED = _State
+_ENDED = frozenset({_CLOSING, _CLOSED})
+
 _PING = b": ping\n\n"
 # An ``@event_stream`` generator runs ahead of the writer by at most this much.
 _PRODUCER_HIGH_WATER = 64 * 1024
@@ -67,161 +77,88 @@ _BASE_HEADERS = [
 ]
 
 
-# --- wire format ------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class EventStreamMessage:
-    """One event: ``data`` plus the optional ``id``, ``event`` name and ``retry`` (ms).
-
-    ``data`` that is not a ``str`` is sent as JSON (bytes as UTF-8 text).
-    ``id`` is written as ``str(id)`` unless it is ``None`` or ``""``; ``retry``
-    only when it is a real ``int``.
-    """
-
-    data: Any = ""
-    id: str | int | None = None
-    event: str | None = None
-    retry: int | None = None
-
-
-def _single_line(value: str) -> str:
-    if "\r" in value or "\n" in value:
-        return value.replace("\r", "").replace("\n", "")
-    return value
-
-
-def format_event(
-    data: str | None,
-    id: Any = None,
-    event: Any = None,
-    retry: Any = None,
-    comment: str | None = None,
-) -> str:
-    """The text of one event, byte exact (fields ``id``, ``event``, ``retry``, ``data``).
-
-    CR and LF are removed from ``id`` and ``event``; ``retry`` is written only
-    for an ``int`` that is not a ``bool``; ``data`` is split on ``\\r\\n``,
-    ``\\r`` or ``\\n`` into ``data:`` lines. ``data=None`` writes no ``data``
-    line (used for sse-starlette events without data). ``comment`` lines come
-    first. A blank line ends the event.
-    """
-    parts: list[str] = []
-    if comment is not None:
-        parts.extend(f": {line}\n" for line in _LINE_BREAK.split(comment))
-    if id is not None and id != "":
-        parts.append(f"id: {_single_line(str(id))}\n")
-    if event is not None and event != "":
-        parts.append(f"event: {_single_line(str(event))}\n")
-    if isinstance(retry, int) and not isinstance(retry, bool):
-        parts.append(f"retry: {int(retry)}\n")
-    if data is not None:
-        if "\r" in data or "\n" in data:
-            parts.extend(f"data: {piece}\n" for piece in _LINE_BREAK.split(data))
-        else:
-            parts.append(f"data: {data}\n")
-    parts.append("\n")
-    return "".join(parts)
-
-
-def format_comment(text: str) -> str:
-    """``: <line>`` for each line of ``text``, then a blank line."""
-    return "".join(f": {line}\n" for line in _LINE_BREAK.split(text)) + "\n"
-
-
-def _data_text(value: Any) -> str:
-    """``data`` as text: a ``str`` as is, bytes as UTF-8, anything else as JSON."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return to_text(value)
-    return to_json_text(value)
-
-
-def _is_message_dict(value: Mapping[Any, Any]) -> bool:
-    return "data" in value and all(key in _MESSAGE_FIELDS for key in value)
-
-
-def _sse_starlette_event_type() -> type | None:
-    """sse-starlette's ``ServerSentEvent`` when that package is loaded (never imported here)."""
-    module = sys.modules.get("sse_starlette.event")
-    found = getattr(module, "ServerSentEvent", None) if module is not None else None
-    return found if isinstance(found, type) else None
-
-
-def _format_one(item: Any) -> str:
-    if isinstance(item, str):
-        return format_event(item)
-    if isinstance(item, EventStreamMessage):
-        return format_event(_data_text(item.data), item.id, item.event, item.retry)
-    if isinstance(item, Mapping) and _is_message_dict(item):
-        return format_event(
-            _data_text(item["data"]), item.get("id"), item.get("event"), item.get("retry")
-        )
-    sse_type = _sse_starlette_event_type()
-    if sse_type is not None and isinstance(item, sse_type):
-        data = getattr(item, "data", None)
-        comment = getattr(item, "comment", None)
-        return format_event(
-            None if data is None else _data_text(data),
-            getattr(item, "id", None),
-            getattr(item, "event", None),
-            getattr(item, "retry", None),
-            None if comment is None else str(comment),
-        )
-    return format_event(_data_text(item))
-
-
-def _encode(message: Any) -> bytes:
-    """Bytes for what ``push`` accepts: one value, or a list/tuple of them."""
-    if isinstance(message, (list, tuple)):
-        text = "".join(_format_one(item) for item in message)
-    else:
-        text = _format_one(message)
-    # A lone surrogate cannot be UTF-8; it becomes "?" rather than an error.
-    return text.encode("utf-8", "replace")
-
-
-# --- the stream -------------------------------------------------------------
-
-
 class _Closed:
     """Returned by ``close``: await it to wait until the stream has ended."""
 
-    __slots__ = ("_stream",)
+    __slots__ = ("_wait",)
 
-    def __init__(self, stream: EventStream) -> None:
-        self._stream = stream
+    def __init__(self, wait: Callable[[], Awaitable[None]]) -> None:
+        self._wait = wait
 
     def __await__(self) -> Generator[Any, None, None]:
-        return self._stream._wait_closed().__await__()
+        return self._wait().__await__()
 
 
-_background_tasks: set[asyncio.Task[Any]] = set()
+def _body(chunk: bytes) -> dict[str, Any]:
+    return {"type": "http.response.body", "body": chunk, "more_body": True}
 
 
-def _spawn(loop: asyncio.AbstractEventLoop, coro: Any) -> asyncio.Task[Any]:
-    """A task that is kept alive until it finishes."""
-    task = loop.create_task(coro)
-    _background_tasks.add(task)
-    task.add_done_callback(_background_tasks.discard)
-    return task
+class _StreamWriter(Outbox[bytes]):
+    """The stream's outbox: byte chunks joined when the client is behind, plus ``pause``.
 
-
-def _worker_thread_loop() -> tuple[asyncio.AbstractEventLoop, int] | None:
-    """The event loop (and its thread) of the AnyIO worker thread we run in, if any.
-
-    A plain ``def`` FastAPI endpoint runs in such a thread.
+    Pushed while paused, data is held (and counted against the limit) until
+    ``release_held``. A task awaiting a push writes the queue itself while
+    the response's writer is parked, so an awaited push costs no task switch.
     """
-    try:
-        import anyio.from_thread
 
-        def where() -> tuple[asyncio.AbstractEventLoop, int]:
-            return asyncio.get_running_loop(), threading.get_ident()
+    _join = b"".join
+    _size = len
+    _to_message = staticmethod(_body)
+    _yield_after_write_here = True
 
-        return anyio.from_thread.run_sync(where)
-    except Exception:
-        return None
+    __slots__ = ("closing", "held", "on_overflow", "paused", "send")
+
+    def __init__(self, limit: int, on_overflow: Callable[[], None]) -> None:
+        super().__init__(limit)
+        self._items = deque()
+        self._hold_wake = True  # no writer until the response starts
+        self.held: list[bytes] = []
+        self.paused = False
+        self.closing = False
+        self.send: Send | None = None
+        self.on_overflow = on_overflow
+
+    def start(self, send: Send) -> None:
+        """The response runs: writes go to ``send`` and the writer may be woken."""
+        self.send = send
+        self._hold_wake = False
+
+    def hold(self, data: bytes) -> None:
+        """Keep ``data`` back while paused (it counts against the limit)."""
+        self.held.append(data)
+        self._buffered += len(data)
+        if self._buffered > self._limit and self._buffered > len(data):
+            self._overflow()
+
+    def release_held(self) -> None:
+        """Queue what was held back, in order."""
+        if self.held and not self._closed:
+            self._items.extend(self.held)  # type: ignore[union-attr]
+            self._queued += len(self.held)
+            self.held.clear()
+            self.wake_writer()
+
+    def shut(self) -> None:
+        self.held.clear()
+        super().shut()
+
+    def _overflow(self) -> None:
+        logger.warning(
+            "h3_fastapi: event stream client is not reading; over max_buffer=%d bytes, closing",
+            self._limit,
+        )
+        self.on_overflow()
+
+    def _may_write_here(self) -> bool:
+        return self.send is not None and self.parked
+
+    def _write_here(self) -> Awaitable[None]:
+        assert self.send is not None
+        return self.write_pending(self.send)
+
+    def _after_write(self) -> None:
+        if self._items or self.closing:
+            self.wake_writer()
 
 
 class EventStream(Response):
@@ -281,28 +218,17 @@ class EventStream(Response):
         self._pubsub = pubsub
         self._state = _NEW
         self._started = False
-        self._paused = False
-        self._outbox: deque[bytes] = deque()
-        self._held: list[bytes] = []  # pushed while paused
-        self._buffered = 0
-        self._queued = 0  # events put in the outbox so far
-        self._written = 0  # events handed to the server so far
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._writer = _StreamWriter(max_buffer, self._abort)
         self._callbacks: list[Callable[[], Any]] = []
-        self._wake: asyncio.Future[None] | None = None
         self._done: asyncio.Future[None] | None = None
-        self._in_send = False
         self._aborting = False
-        self._wake_scheduled = False
-        self._send: Send | None = None
         self._last_write = 0.0
         self._timer: asyncio.TimerHandle | None = None  # ping or shutdown deadline
         self._task: asyncio.Task[Any] | None = None  # the task running the response
         self._listener: asyncio.Task[Any] | None = None
         self._producer: AsyncIterator[Any] | None = None
-        self._pump: asyncio.Task[Any] | None = None
+        self._pump: asyncio.Future[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = 0
         self._bind_creator()
 
     def _bind_creator(self) -> None:
@@ -315,16 +241,17 @@ class EventStream(Response):
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            found = _worker_thread_loop()
+            found = worker_thread_loop()
             if found is None:
                 return
-            self._loop, self._thread = found
+            self._loop = found
+            self._writer.bind(found, _loop_thread(found))
             receive = getattr(self.request, "receive", None)
             if receive is not None:
-                self._loop.call_soon_threadsafe(self._start_listener, receive)
+                found.call_soon_threadsafe(self._start_listener, receive)
             return
         self._loop = loop
-        self._thread = threading.get_ident()
+        self._writer.bind(loop)
         task = asyncio.current_task()
         if task is not None:
             task.add_done_callback(self._creator_done)
@@ -334,20 +261,18 @@ class EventStream(Response):
             self._finish()
 
     def __repr__(self) -> str:
-        state = ("new", "open", "closing", "closed")[self._state]
-        return f"<EventStream {state} buffered={self._buffered}>"
-
-    # --- state ----------------------------------------------------------
+        state = self._state.name.lower()
+        return f"<EventStream {state} buffered={self._writer.buffered}>"
 
     @property
     def is_closed(self) -> bool:
         """``True`` once ``close`` was called or the stream ended for any reason."""
-        return self._state >= _CLOSING
+        return self._state in _ENDED
 
     @property
     def is_paused(self) -> bool:
         """``True`` between ``pause`` and ``resume``."""
-        return self._paused
+        return self._writer.paused
 
     @property
     def last_event_id(self) -> str | None:
@@ -357,14 +282,12 @@ class EventStream(Response):
     @property
     def buffered_amount(self) -> int:
         """Bytes pushed and not yet handed to the server (including paused data)."""
-        return self._buffered
+        return self._writer.buffered
 
     @property
     def namespace(self) -> str | None:
         """``None``: a stream receives publishes to its topics from every namespace."""
         return None
-
-    # --- pushing --------------------------------------------------------
 
     def push(self, message: Any) -> Awaitable[None]:
         """Queue one or more events and return at once.
@@ -376,95 +299,55 @@ class EventStream(Response):
         handed to the server; before the stream is returned it resolves at
         once. Safe from any thread. Ignored after close.
         """
-        if self._state >= _CLOSING:
+        if self._state in _ENDED:
             return DONE
-        data = _encode(message)
-        if not data:
-            return DONE
-        return self._submit(data, False)
+        data = encode(message)
+        return self._queue(data) if data else DONE
 
     def push_comment(self, text: str) -> Awaitable[None]:
         """Queue a comment (``: text`` per line); clients ignore it. Like ``push`` otherwise."""
-        if self._state >= _CLOSING:
+        if self.is_closed:
             return DONE
-        return self._submit(format_comment(to_text(text)).encode("utf-8", "replace"), False)
+        return self._queue(format_comment(to_text(text)).encode("utf-8", "replace"))
 
-    def _submit(self, data: bytes, unpaused: bool) -> Awaitable[None]:
-        loop = self._loop
-        if loop is not None and threading.get_ident() != self._thread:
-            loop.call_soon_threadsafe(self._enqueue, data, unpaused)
-            return DONE
-        return self._enqueue(data, unpaused)
+    def deliver(self, outgoing: Outgoing) -> None:
+        """The pub/sub entry point: queue an already-encoded publish as an event (any thread)."""
+        if not self.is_closed:
+            text = format_event(to_text(outgoing.data), outgoing.id)
+            self._queue(text.encode("utf-8", "replace"))
 
-    def _enqueue(self, data: bytes, unpaused: bool = False) -> Awaitable[None]:
-        if self._state >= _CLOSING:
-            return DONE
-        size = len(data)
-        self._buffered += size
-        if self._paused and not unpaused:
-            self._held.append(data)
-        else:
-            self._outbox.append(data)
-            self._queued += 1
-        if self._buffered > self.max_buffer and self._buffered > size:
-            self._overflow()
-            return DONE
-        if self._paused and not unpaused:
-            return DONE
-        if self._state == _NEW:
-            return DONE
-        if not self._wake_scheduled and self._loop is not None:
-            # Next loop turn: a caller that awaits the push writes it itself first.
-            self._wake_scheduled = True
-            self._loop.call_soon(self._deferred_wake)
-        return Written(self._wait_written, self._queued)
+    _deliver = deliver  # the old name, until pub/sub calls ``deliver``
 
-    def _deferred_wake(self) -> None:
-        self._wake_scheduled = False
-        if self._outbox and not self._in_send:
-            self._wake_writer()
+    def _queue(self, data: bytes, unpaused: bool = False) -> Awaitable[None]:
+        writer = self._writer
+        if self._state in _ENDED or writer.hop(self._queue, data, unpaused):
+            return DONE
+        if writer.paused and not unpaused:
+            writer.hold(data)
+            return DONE
+        written = writer.put(data, len(data))
+        return written if self._state is _OPEN else DONE
 
     def pause(self) -> None:
         """Hold pushed events back (they stay buffered) until ``resume`` or ``flush``."""
-        if self._off_loop():
-            self._call_on_loop(self.pause)
-            return
-        self._paused = True
+        if not self._writer.hop(self.pause):
+            self._writer.paused = True
 
     def resume(self) -> Awaitable[None]:
         """Stop holding events back and send what was held (see ``flush``)."""
-        if self._off_loop():
-            self._call_on_loop(self.resume)
+        if self._writer.hop(self.resume):
             return DONE
-        self._paused = False
+        self._writer.paused = False
         return self.flush()
 
     def flush(self) -> Awaitable[None]:
         """Send events held by ``pause`` now; await to wait until all queued bytes are written."""
-        if self._off_loop():
-            self._call_on_loop(self.flush)
+        if self._writer.hop(self.flush):
             return DONE
-        self._release_held()
-        if self._state == _NEW or self._state == _CLOSED or not self._started:
+        self._writer.release_held()
+        if self._state is not _OPEN:
             return DONE
-        return Written(self._wait_written, self._queued)
-
-    def _release_held(self) -> None:
-        if not self._held or self._state == _CLOSED:
-            return
-        self._outbox.extend(self._held)
-        self._queued += len(self._held)
-        self._held.clear()
-        self._wake_writer()
-
-    def _off_loop(self) -> bool:
-        return self._loop is not None and threading.get_ident() != self._thread
-
-    def _call_on_loop(self, func: Callable[[], Any]) -> None:
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(func)
-
-    # --- pub/sub ----------------------------------------------------------
+        return self._writer.all_written()
 
     @property
     def pubsub(self) -> PubSub:
@@ -479,10 +362,9 @@ class EventStream(Response):
         With a ``Last-Event-ID`` the pub/sub's history after that id (if it
         keeps one) is pushed first, then live publishes. Safe from any thread.
         """
-        if self._off_loop():
-            self._call_on_loop(lambda: self.subscribe(topic))
+        if self._writer.hop(self.subscribe, topic) or self._state is _CLOSED:
             return
-        if self._state == _CLOSED or topic in self.topics:
+        if topic in self.topics:
             return
         self.topics.add(topic)
         pubsub = self.pubsub
@@ -492,34 +374,15 @@ class EventStream(Response):
             if subscribe_from is not None:
                 subscribe_from(topic, self, last_id)
                 return
-            replay = getattr(pubsub, "replay", None)
-            if replay is not None:
-                try:
-                    missed = replay(topic, last_id)
-                except Exception:
-                    logger.exception("h3_fastapi: replay of topic %r failed", topic)
-                    missed = []
-                for outgoing in missed:
-                    self._deliver(outgoing)
+            for outgoing in _replay(pubsub, topic, last_id):
+                self.deliver(outgoing)
         pubsub.subscribe(topic, self)
 
     def unsubscribe(self, topic: str) -> None:
         """Stop receiving publishes to ``topic``."""
-        if self._off_loop():
-            self._call_on_loop(lambda: self.unsubscribe(topic))
-            return
-        if topic in self.topics:
+        if not self._writer.hop(self.unsubscribe, topic) and topic in self.topics:
             self.topics.discard(topic)
             self.pubsub.unsubscribe(topic, self)
-
-    def _deliver(self, outgoing: Outgoing) -> None:
-        """Pub/sub entry point (any thread): push the publish as an event with its id."""
-        if self._state >= _CLOSING:
-            return
-        text = format_event(to_text(outgoing.data), outgoing.id)
-        self._submit(text.encode("utf-8", "replace"), False)
-
-    # --- closing --------------------------------------------------------
 
     def close(self) -> Awaitable[None]:
         """End the stream after sending what is queued (held data too). Idempotent.
@@ -528,21 +391,22 @@ class EventStream(Response):
         stream is returned it resolves at once (the stream then ends right
         after its queued events once returned). Safe from any thread.
         """
-        if self._off_loop():
-            self._call_on_loop(self._close)
+        if self._writer.hop(self._close):
             return DONE
         self._close()
-        if not self._started or self._state == _CLOSED:
+        if not self._started or self._state is _CLOSED:
             return DONE
-        return _Closed(self)
+        return _Closed(self._wait_closed)
 
     def _close(self) -> None:
-        if self._state >= _CLOSING:
+        if self.is_closed:
             return
-        self._paused = False
-        self._release_held()
+        writer = self._writer
+        writer.paused = False
+        writer.release_held()
         self._state = _CLOSING
-        self._wake_writer()
+        writer.closing = True
+        writer.wake_writer()
 
     def on_closed(self, callback: Callable[[], Any]) -> Callable[[], Any]:
         """Run ``callback()`` (sync or async) once when the stream ends, for any reason.
@@ -552,9 +416,9 @@ class EventStream(Response):
         returned. Registered after the end, it runs soon. Exceptions are
         logged, never raised. Returns ``callback`` (usable as a decorator).
         """
-        if self._off_loop():
-            self._call_on_loop(lambda: self.on_closed(callback))
-        elif self._state == _CLOSED:
+        if self._writer.hop(self.on_closed, callback):
+            pass
+        elif self._state is _CLOSED:
             self._run_callbacks([callback])
         else:
             self._callbacks.append(callback)
@@ -568,41 +432,11 @@ class EventStream(Response):
         if self._done is not None and not self._done.done():
             await asyncio.shield(self._done)
 
-    async def _wait_written(self, seq: int) -> None:
-        if self._written >= seq or self._state == _CLOSED or self._loop is None:
-            return
-        if not self._in_send and self._send is not None and self._wake is not None:
-            # The writer is parked: write from the awaiting task, no task hand-off.
-            await self._write_inline(self._send)
-            # A send that did not block never yielded: give other tasks a turn,
-            # or a producer that never waits for anything would starve the loop.
-            await asyncio.sleep(0)
-            if self._written >= seq or self._state == _CLOSED:
-                return
-        future: asyncio.Future[None] = self._loop.create_future()
-        self._waiters.append((seq, future))
-        await future
-
-    def _release_waiters(self) -> None:
-        written = self._written
-        self._waiters = release_reached(self._waiters, lambda seq: seq <= written)
-
-    def _wake_writer(self) -> None:
-        wake, self._wake = self._wake, None
-        resolve(wake)
-
-    def _overflow(self) -> None:
-        logger.warning(
-            "h3_fastapi: event stream client is not reading; over max_buffer=%d bytes, closing",
-            self.max_buffer,
-        )
-        self._abort()
-
     def _abort(self) -> None:
         """End now, dropping what is queued; interrupt a write that is stuck."""
-        if self._state == _CLOSED:
+        if self._state is _CLOSED:
             return
-        stuck = self._in_send
+        stuck = self._writer.writing
         self._finish()
         task = self._task
         if stuck and task is not None and not task.done():
@@ -611,15 +445,10 @@ class EventStream(Response):
 
     def _finish(self) -> None:
         """Mark the stream ended, free its buffers, leave its topics, run ``on_closed``."""
-        if self._state == _CLOSED:
-            return
-        if self._off_loop():
-            self._call_on_loop(self._finish)
+        if self._state is _CLOSED or self._writer.hop(self._finish):
             return
         self._state = _CLOSED
-        self._outbox.clear()
-        self._held.clear()
-        self._buffered = 0
+        self._writer.shut()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -628,17 +457,14 @@ class EventStream(Response):
             for topic in self.topics:
                 pubsub.unsubscribe(topic, self)
             self.topics.clear()
-        for _, future in self._waiters:
-            resolve(future)
-        self._waiters.clear()
-        self._wake_writer()
         current = _current_task()
         for task in (self._pump, self._listener):
             if task is not None and task is not current and not task.done():
                 task.cancel()
         if self._started:
             _shutdown.remove_server_exit(self)
-        resolve(self._done)
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
         callbacks, self._callbacks = self._callbacks, []
         self._run_callbacks(callbacks)
 
@@ -646,27 +472,15 @@ class EventStream(Response):
         if not callbacks:
             return
         loop = self._loop
-        if loop is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                loop = None
         if loop is None or loop.is_closed():
-            for callback in callbacks:  # no loop at all: sync callbacks still run
-                try:
-                    result = callback()
-                    if inspect.iscoroutine(result):
-                        result.close()
-                        logger.warning("h3_fastapi: async on_closed callback needs a loop")
-                except Exception:
-                    logger.exception("h3_fastapi: event stream on_closed callback raised")
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:  # no loop at all: sync callbacks still run
+                _call_all_sync(callbacks)
+                return
+        elif self._writer.hop(self._run_callbacks, callbacks):
             return
-        if threading.get_ident() != self._thread and self._loop is not None:
-            loop.call_soon_threadsafe(self._run_callbacks, callbacks)
-            return
-        _spawn(loop, _call_all(callbacks))
-
-    # --- the response -----------------------------------------------------
+        spawn(_call_all(callbacks), what="event stream on_closed callbacks")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._started:
@@ -674,7 +488,7 @@ class EventStream(Response):
         self._started = True
         loop = asyncio.get_running_loop()
         self._loop = loop
-        self._thread = threading.get_ident()
+        self._writer.bind(loop)
         self._task = asyncio.current_task()
         self._done = loop.create_future()
         completed = False
@@ -687,7 +501,7 @@ class EventStream(Response):
                 }
             )
             self._last_write = loop.time()
-            if scope.get("method") == "HEAD" or self._state == _CLOSED:
+            if scope.get("method") == "HEAD" or self._state is _CLOSED:
                 # Headers only (HEAD), or ended before it was sent (overflow).
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 completed = True
@@ -711,7 +525,7 @@ class EventStream(Response):
 
     async def _stream(self, receive: Receive, send: Send, loop: asyncio.AbstractEventLoop) -> bool:
         """Start the helpers (listener, heartbeat, generator) and write until closed."""
-        if self._state == _NEW:
+        if self._state is _NEW:
             self._state = _OPEN
         _shutdown.on_server_exit(self, self._server_exit)
         if self._listener is None or self._listener.done():
@@ -719,75 +533,25 @@ class EventStream(Response):
         if self.ping_interval:
             self._timer = loop.call_later(self.ping_interval, self._ping_due)
         if self._producer is not None:
-            self._pump = _spawn(loop, self._run_producer(self._producer))
+            self._pump = spawn(self._run_producer(self._producer), what="@event_stream generator")
+        if self.send_timeout is not None:
+            send = _timed(send, self.send_timeout, self._send_timed_out)
         return await self._write_loop(send, loop)
-
-    async def _write_inline(self, send: Send) -> None:
-        """Write the outbox from the calling task (the writer is parked)."""
-        outbox = self._outbox
-        try:
-            while outbox and not self._in_send and self._state != _CLOSED:
-                if len(outbox) == 1:
-                    chunk = outbox.popleft()
-                    count = 1
-                else:
-                    chunk = b"".join(outbox)
-                    count = len(outbox)
-                    outbox.clear()
-                self._in_send = True
-                try:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                finally:
-                    self._in_send = False
-                if self._state == _CLOSED:
-                    return
-                self._buffered -= len(chunk)
-                self._written += count
-                if self._waiters:
-                    self._release_waiters()
-        finally:
-            if self._outbox or self._state >= _CLOSING:
-                self._wake_writer()
 
     async def _write_loop(self, send: Send, loop: asyncio.AbstractEventLoop) -> bool:
         """Drain the outbox until closed; ``True`` when the response was ended normally."""
-        outbox = self._outbox
-        self._send = send
-        while True:
-            if outbox and not self._in_send:
-                if len(outbox) == 1:
-                    chunk = outbox.popleft()
-                    count = 1
-                else:  # the client is behind: one send for everything waiting
-                    chunk = b"".join(outbox)
-                    count = len(outbox)
-                    outbox.clear()
-                timer = None
-                if self.send_timeout is not None:
-                    timer = loop.call_later(self.send_timeout, self._send_timed_out)
-                self._in_send = True
-                try:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                finally:
-                    self._in_send = False
-                    if timer is not None:
-                        timer.cancel()
-                if self._state == _CLOSED:
-                    return False
-                self._buffered -= len(chunk)
-                self._written += count
+        writer = self._writer
+        writer.start(send)
+        while self._state is not _CLOSED:
+            if writer.pending:
+                await writer.write_pending(send)
                 self._last_write = loop.time()
-                if self._waiters:
-                    self._release_waiters()
-                continue
-            if self._state == _CLOSED:
-                return False
-            if self._state == _CLOSING and not self._in_send:
+            elif self._state is _CLOSING and not writer.writing:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return True
-            wake: asyncio.Future[None] = loop.create_future()
-            self._wake = wake
-            await wake
+            else:
+                await writer.park()
+        return False
 
     async def _listen(self, receive: Receive) -> None:
         """Wait for ``http.disconnect`` (client gone, or the request ended unsent)."""
@@ -796,8 +560,6 @@ class EventStream(Response):
                 message = await receive()
                 if message["type"] == "http.disconnect":
                     break
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:
             logger.debug("h3_fastapi: event stream receive failed: %r", exc)
             if not self._started:
@@ -808,19 +570,19 @@ class EventStream(Response):
         self._timer = None
         interval = self.ping_interval
         loop = self._loop
-        if self._state != _OPEN or not interval or loop is None:
+        if self._state is not _OPEN or not interval or loop is None:
             return
         idle = loop.time() - self._last_write
-        if idle >= interval * 0.99 and not self._outbox and not self._in_send:
-            self._enqueue(_PING, True)
+        if idle >= interval * 0.99 and not self._writer.buffered and not self._writer.writing:
+            self._queue(_PING, True)
             delay = interval
         else:
             delay = max(interval - idle, interval * 0.01)
-        if self._state == _OPEN:
+        if self._state is _OPEN:
             self._timer = loop.call_later(delay, self._ping_due)
 
     def _send_timed_out(self) -> None:
-        if self._in_send and self._state != _CLOSED:
+        if self._state is not _CLOSED:
             logger.warning(
                 "h3_fastapi: event stream write blocked over send_timeout=%ss, closing",
                 self.send_timeout,
@@ -829,7 +591,7 @@ class EventStream(Response):
 
     def _server_exit(self) -> Awaitable[None] | None:
         """Server shutdown: end gracefully, but cut a client that is not reading."""
-        if self._state == _CLOSED or self._loop is None:
+        if self._state is _CLOSED or self._loop is None:
             return None
         self._close()
         if self._timer is not None:
@@ -838,24 +600,22 @@ class EventStream(Response):
         return self._wait_closed()
 
     def _start_listener(self, receive: Receive) -> None:
-        if self._listener is None and self._state != _CLOSED and self._loop is not None:
+        if self._listener is None and self._state is not _CLOSED and self._loop is not None:
             self._listener = self._loop.create_task(self._listen(receive))
 
     async def _run_producer(self, producer: AsyncIterator[Any]) -> None:
         """Push what an ``@event_stream`` generator yields; close it when the stream ends."""
         try:
             async for item in producer:
-                if self._state != _OPEN:
+                if self._state is not _OPEN:
                     break
                 written = self.push(item)
                 # Back-pressure by bytes, not per event: events pile up in the
                 # outbox and the writer sends them in one ASGI send.
-                if self._buffered >= _PRODUCER_HIGH_WATER:
+                if self._writer.buffered >= _PRODUCER_HIGH_WATER:
                     await written
-                if self._state != _OPEN:
+                if self._state is not _OPEN:
                     break
-        except asyncio.CancelledError:
-            raise
         except Exception:
             logger.exception("h3_fastapi: event stream generator raised")
         finally:
@@ -865,8 +625,61 @@ class EventStream(Response):
                     await aclose()
                 except Exception:
                     logger.exception("h3_fastapi: closing the event stream generator failed")
-            if self._state < _CLOSING:
+            if not self.is_closed:
                 self._close()
+
+
+class _GeneratorStream(EventStream):
+    """The stream of an ``@event_stream`` endpoint: pushes what its generator yields."""
+
+    def __init__(self, request: HTTPConnection, producer: AsyncIterator[Any], **options: Any):
+        super().__init__(request, **options)
+        self._producer = producer
+
+
+def _timed(send: Send, seconds: float, on_timeout: Callable[[], None]) -> Send:
+    """``send`` that calls ``on_timeout`` when one write stays blocked over ``seconds``."""
+    loop = asyncio.get_running_loop()
+
+    async def timed_send(message: Any) -> None:
+        timer = loop.call_later(seconds, on_timeout)
+        try:
+            await send(message)
+        finally:
+            timer.cancel()
+
+    return timed_send
+
+
+def _loop_thread(loop: asyncio.AbstractEventLoop) -> int:
+    """The id of the thread ``loop`` runs in, asked from an AnyIO worker thread."""
+    from anyio import from_thread
+
+    return from_thread.run_sync(threading.get_ident)
+
+
+def _replay(pubsub: PubSub, topic: str, last_id: str) -> list[Outgoing]:
+    """What ``pubsub`` kept of ``topic`` after ``last_id`` (nothing if it keeps no history)."""
+    replay = getattr(pubsub, "replay", None)
+    if replay is None:
+        return []
+    try:
+        missed: list[Outgoing] = replay(topic, last_id)
+    except Exception:
+        logger.exception("h3_fastapi: replay of topic %r failed", topic)
+        return []
+    return missed
+
+
+def _call_all_sync(callbacks: list[Callable[[], Any]]) -> None:
+    for callback in callbacks:
+        try:
+            result = callback()
+            if inspect.iscoroutine(result):
+                result.close()
+                logger.warning("h3_fastapi: async on_closed callback needs a loop")
+        except Exception:
+            logger.exception("h3_fastapi: event stream on_closed callback raised")
 
 
 async def _call_all(callbacks: list[Callable[[], Any]]) -> None:
@@ -922,8 +735,6 @@ def create_event_stream(
     )
 
 
-# --- @event_stream ----------------------------------------------------------
-
 _REQUEST_PARAMETER = "_h3_request"
 
 
@@ -951,9 +762,8 @@ def event_stream(func: Callable[..., Any] | None = None, /, **options: Any) -> A
         request = bound.arguments[request_name]
         if added:
             del bound.arguments[request_name]
-        stream = EventStream(request, **options)
-        stream._producer = generator_function(*bound.args, **bound.kwargs)
-        return stream
+        producer = generator_function(*bound.args, **bound.kwargs)
+        return _GeneratorStream(request, producer, **options)
 
     # FastAPI unwraps ``__wrapped__`` and would serve the generator itself.
     del endpoint.__wrapped__
@@ -971,6 +781,7 @@ def _endpoint_signature(func: Callable[..., Any]) -> tuple[inspect.Signature, st
     Returns it, the name of the request parameter, and whether it was added.
     """
     signature = inspect.signature(func)
+    globalns = getattr(func, "__globals__", {})
     try:
         hints = typing.get_type_hints(func, include_extras=True)
     except Exception:  # one name only imported under TYPE_CHECKING: resolve the others
@@ -979,8 +790,10 @@ def _endpoint_signature(func: Callable[..., Any]) -> tuple[inspect.Signature, st
     request_name: str | None = None
     for param in signature.parameters.values():
         annotation = hints.get(param.name, param.annotation)
-        if isinstance(annotation, str):
-            annotation = _evaluate(annotation, func)
+        # FastAPI's own resolution of a string annotation; one it cannot resolve stays as is.
+        resolved = get_typed_annotation(annotation, globalns)
+        if not isinstance(resolved, typing.ForwardRef):
+            annotation = resolved
         if request_name is None:
             if isinstance(annotation, type) and issubclass(annotation, HTTPConnection):
                 request_name = param.name
@@ -997,11 +810,3 @@ def _endpoint_signature(func: Callable[..., Any]) -> tuple[inspect.Signature, st
         else:
             params.append(extra)
     return signature.replace(parameters=params, return_annotation=EventStream), request_name, added
-
-
-def _evaluate(annotation: str, func: Callable[..., Any]) -> Any:
-    """A string annotation evaluated in ``func``'s module (as FastAPI would), else as is."""
-    try:
-        return eval(annotation, getattr(func, "__globals__", {}))
-    except Exception:
-        return annotation

@@ -1,0 +1,263 @@
+"""The bounded outbox shared by a WebSocket connection and an event stream.
+
+Data is queued at once (``put``) and one writer drains it into the ASGI
+``send``. This class holds everything both owners need: the queue and its
+byte count, the ``Written`` awaitable with its waiters, ``wait_for_drain``,
+the deferred writer wake, overflow, and the single hop from another thread
+onto the loop. Owners subclass it and fill in three hooks: ``_overflow``
+(what a full outbox does), and ``_may_write_here``/``_write_here`` (a waiter
+that can write the queue itself instead of waking the writer task).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar, Generic, TypeVar
+
+from ._compat import Written, release_reached, resolve
+from .pubsub import DONE
+
+__all__ = ["Outbox"]
+
+Item = TypeVar("Item")
+
+
+class Outbox(Generic[Item]):
+    """Queued items, bounded by ``limit`` bytes, written in order by one writer."""
+
+    # Set by the owner's class (plain functions, no per-instance cost):
+    # ``b"".join`` for byte chunks, so a writer that is behind sends all in one go;
+    # the size of an item in bytes; the ASGI message that carries an item.
+    # (``Any``: mypy would bind a ``Callable`` class attribute as a method.)
+    _join: ClassVar[Any] = None
+    _size: ClassVar[Any]
+    _to_message: ClassVar[Any]
+    _yield_after_write_here: ClassVar[bool] = False
+
+    __slots__ = (
+        "_buffered",
+        "_closed",
+        "_drainers",
+        "_hold_wake",
+        "_in_flight",
+        "_items",
+        "_limit",
+        "_loop",
+        "_queued",
+        "_thread",
+        "_waiters",
+        "_wake",
+        "_wake_scheduled",
+        "_writing",
+        "_written",
+    )
+
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        # Made on first put: an idle owner keeps no deque (~0.6 KiB) or lists.
+        self._items: deque[Item] | tuple[()] = ()
+        self._limit = limit
+        self._buffered = 0
+        self._in_flight = 0
+        self._queued = 0
+        self._written = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] | tuple[()] = ()
+        self._drainers: list[tuple[int, asyncio.Future[None]]] | tuple[()] = ()
+        self._wake: asyncio.Future[None] | None = None
+        self._wake_scheduled = False
+        self._hold_wake = False
+        self._writing: asyncio.Task[Any] | bool | None = None
+        self._closed = False
+        self._loop = loop
+        self._thread = threading.get_ident() if loop is not None else 0
+
+    def bind(self, loop: asyncio.AbstractEventLoop, thread: int | None = None) -> None:
+        """Attach to ``loop`` (running in ``thread``, this one by default)."""
+        self._loop = loop
+        self._thread = threading.get_ident() if thread is None else thread
+
+    @property
+    def buffered(self) -> int:
+        """Bytes queued and not yet handed to the server (the write under way included)."""
+        return self._buffered
+
+    @property
+    def pending(self) -> bool:
+        """Items wait and nobody is writing them."""
+        return bool(self._items) and not self._writing
+
+    @property
+    def writing(self) -> bool:
+        """A write is under way."""
+        return bool(self._writing)
+
+    def all_written(self) -> Awaitable[None]:
+        """Resolves when everything queued so far is written (or the outbox is shut)."""
+        return Written(self.wait_written, self._queued)
+
+    def hop(self, func: Callable[..., Any], *args: Any) -> bool:
+        """Called off the loop's thread: schedule ``func(*args)`` on the loop, return ``True``.
+
+        The one thread hop of the package: every public method that may be
+        called from another thread starts with ``if self.hop(...): return``.
+        """
+        loop = self._loop
+        if loop is None or threading.get_ident() == self._thread:
+            return False
+        loop.call_soon_threadsafe(func, *args)
+        return True
+
+    def put(self, item: Item, size: int) -> Awaitable[None]:
+        """Queue ``item`` (any thread); await the result to wait until written."""
+        if self._closed or self.hop(self.put, item, size):
+            return DONE
+        items = self._items
+        if items.__class__ is not deque:
+            items = self._items = deque()
+        items.append(item)
+        self._buffered += size
+        self._queued += 1
+        if self._buffered > self._limit and self._buffered > size:
+            self._overflow()
+            return DONE
+        if not (self._writing or self._hold_wake or self._wake_scheduled):
+            # Wake the writer on the next loop turn, not now: when the caller
+            # awaits the result (or the owner flushes after a hook), the queue
+            # is empty by then and the writer task does not run at all.
+            self._wake_scheduled = True
+            self._loop.call_soon(self._deferred_wake)  # type: ignore[union-attr]
+        return Written(self.wait_written, self._queued)
+
+    def _deferred_wake(self) -> None:
+        self._wake_scheduled = False
+        if self._items and not self._writing:
+            self.wake_writer()
+
+    def wake_writer(self) -> None:
+        """Let the parked writer look at the queue (and the owner's state) again."""
+        wake, self._wake = self._wake, None
+        resolve(wake)
+
+    async def park(self) -> None:
+        """The writer waits here until there is something to do."""
+        self._wake = self._loop.create_future()  # type: ignore[union-attr]
+        await self._wake
+
+    @property
+    def parked(self) -> bool:
+        """The writer task waits in ``park``."""
+        return self._wake is not None
+
+    async def write_pending(self, send: Callable[[Any], Awaitable[None]]) -> None:
+        """Write the queue in order through ``send`` (one ASGI message per item or batch).
+
+        Only one task writes at a time (``writing`` is that task while it
+        does); the caller checks ``pending`` first. A failing ``send`` goes to
+        ``_write_failed``, which says whether the owner has dealt with it.
+        """
+        self._writing = asyncio.current_task() or True
+        items = self._items
+        join = self._join
+        try:
+            while items:
+                if join is None or len(items) == 1:
+                    item = items.popleft()
+                    count = 1
+                else:  # the client is behind: one send for everything waiting
+                    item = join(items)
+                    count = len(items)
+                    items.clear()
+                self._in_flight = self._size(item)
+                await send(self._to_message(item))
+                in_flight, self._in_flight = self._in_flight, 0
+                if in_flight > 0:  # not dropped by ``clear`` meanwhile
+                    self._buffered -= in_flight
+                self._written += count
+                if self._waiters or self._drainers:
+                    self._release()
+        except (Exception, asyncio.CancelledError) as exc:
+            if not self._write_failed(exc):
+                raise
+        finally:
+            self._writing = None
+            self._after_write()
+
+    def _release(self) -> None:
+        """Resolve the waiters whose item is written and the drainers now under their bound."""
+        written = self._written
+        buffered = self._buffered
+        self._waiters = release_reached(self._waiters, lambda seq: seq <= written)
+        self._drainers = release_reached(self._drainers, lambda cap: buffered <= cap)
+
+    async def wait_written(self, seq: int) -> None:
+        """Wait until the ``seq``-th item is written, or the outbox is closed."""
+        if self._written >= seq or self._closed:
+            return
+        if not self._writing and self._may_write_here():
+            await self._write_here()
+            if self._yield_after_write_here:
+                # A send that did not block never yielded: give other tasks a
+                # turn, or a producer that never waits would starve the loop.
+                await asyncio.sleep(0)
+            if self._written >= seq or self._closed:
+                return
+        future: asyncio.Future[None] = self._loop.create_future()  # type: ignore[union-attr]
+        if not self._waiters:
+            self._waiters = []
+        self._waiters.append((seq, future))
+        self.wake_writer()
+        await future
+
+    async def wait_for_drain(self, threshold: int = 0, timeout: float | None = None) -> None:
+        """Wait until at most ``threshold`` bytes are queued, or the outbox is closed."""
+        if self._buffered <= threshold or self._closed:
+            return
+        future: asyncio.Future[None] = self._loop.create_future()  # type: ignore[union-attr]
+        if not self._drainers:
+            self._drainers = []
+        self._drainers.append((threshold, future))
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout)
+        finally:
+            if not future.done():
+                future.cancel()
+                self._drainers = [d for d in self._drainers if d[1] is not future]
+
+    def clear(self) -> None:
+        """Drop what is queued (the write under way keeps its own reference)."""
+        if self._items:
+            self._items.clear()
+        self._buffered = 0
+        self._in_flight = -1  # its bytes are no longer counted
+
+    def shut(self) -> None:
+        """No more writes: drop the queue, release every waiter, wake the writer."""
+        self._closed = True
+        self.clear()
+        for waiting in (self._waiters, self._drainers):
+            for _, future in waiting:
+                resolve(future)
+        self._waiters = ()
+        self._drainers = ()
+        self.wake_writer()
+
+    def _overflow(self) -> None:
+        """The queue went over ``limit`` bytes."""
+        raise NotImplementedError
+
+    def _may_write_here(self) -> bool:
+        """Whether a task awaiting a write may write the queue itself."""
+        return False
+
+    def _write_here(self) -> Awaitable[None]:
+        """Write the queue from the awaiting task (only when ``_may_write_here``)."""
+        raise NotImplementedError
+
+    def _write_failed(self, exc: BaseException) -> bool:
+        """``send`` raised (or the writer was cancelled); ``True`` when handled here."""
+        return False
+
+    def _after_write(self) -> None:
+        """A ``write_pending`` ended; wake the writer if the owner needs it."""
