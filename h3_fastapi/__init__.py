@@ -14,7 +14,7 @@ from .proxy import (
     proxy,
     proxy_request,
 )
-from .pubsub import MemoryPubSub, PubSub, publish
+from .pubsub import Backplane, MemoryPubSub, PubSub, publish
 from .redis import RedisPubSub
 from .routing import H3, H3Router, Server, serve
 from .websocket import (
@@ -28,6 +28,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "H3",
+    "Backplane",
     "CloseDetails",
     "EventStream",
     "EventStreamMessage",

@@ -519,6 +519,8 @@ class EventStream(Response):
         text = format_event(to_text(outgoing.data), outgoing.id)
         self._submit(text.encode("utf-8", "replace"), False)
 
+    deliver = _deliver  # pubsub's Subscriber.deliver (pubsub branch; the core adds it)
+
     # --- closing --------------------------------------------------------
 
     def close(self) -> Awaitable[None]:

@@ -290,6 +290,8 @@ class Peer:
         else:
             self._enqueue(outgoing)
 
+    deliver = _deliver  # pubsub's Subscriber.deliver (pubsub branch; the core adds it)
+
     def _enqueue(self, outgoing: Outgoing) -> Awaitable[None]:
         if self._state:
             return DONE

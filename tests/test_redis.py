@@ -130,7 +130,7 @@ class Recorder:
         self.got: list[Outgoing] = []
         self.changed = asyncio.Event()
 
-    def _deliver(self, outgoing: Outgoing) -> None:
+    def deliver(self, outgoing: Outgoing) -> None:
         self.got.append(outgoing)
         self.changed.set()
 
