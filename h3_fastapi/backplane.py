@@ -252,10 +252,7 @@ class BackplanePubSub:
             return
         if decoded.origin == self.origin:
             return
-        try:
-            self.deliver_local(topic, Outgoing(decoded.data, event_id), decoded.namespace)
-        except Exception:  # a subscriber's bug must not end the backplane's session
-            logger.exception("h3_fastapi: delivering a publish to %r failed", topic)
+        self.deliver_local(topic, Outgoing(decoded.data, event_id), decoded.namespace)
 
     def subscribed(self, topic: str) -> None:
         if topic not in self.local.topics:

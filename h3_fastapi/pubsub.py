@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Awaitable, Generator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from ._hooks import logger
 from ._serialize import to_wire
 
 __all__ = [
@@ -312,7 +313,10 @@ class MemoryPubSub:
                 own = subscriber.namespace
                 if own is not None and own != namespace:
                     continue
-            subscriber.deliver(outgoing)
+            try:
+                subscriber.deliver(outgoing)
+            except Exception:  # one subscriber's bug must not starve the others
+                logger.exception("h3_fastapi: a subscriber of %r failed to take a publish", topic)
 
     def replay(self, topic: str, last_event_id: str | None) -> list[Outgoing]:
         """Publishes to ``topic`` after ``last_event_id`` still in history (oldest first).
