@@ -11,7 +11,6 @@ the history already gave. Then the real subscriber takes the stand-in's place.
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections import deque
 from collections.abc import Awaitable, Generator
 from typing import TYPE_CHECKING, Any
@@ -77,7 +76,7 @@ class CatchUps:
         if not owner.history or parse_event_id(last_event_id) is None:
             owner.subscribe(topic, subscriber)
             return DONE
-        loop = owner._loop_for_call()
+        loop = owner.bind_loop()
         if loop is None or (topic, subscriber) in self.pending:
             owner.subscribe(topic, subscriber)
             return DONE
@@ -86,7 +85,7 @@ class CatchUps:
         self.pending[(topic, subscriber)] = stand_in
         owner.subscribe(topic, stand_in)
         job = self._run(topic, stand_in, last_event_id)
-        if threading.get_ident() == owner._loop_thread:
+        if owner.on_loop_thread():
             return spawn(job, what="SSE catch-up")
         return _ThreadFuture(asyncio.run_coroutine_threadsafe(job, loop))
 
@@ -94,21 +93,21 @@ class CatchUps:
         owner = self.owner
         if not owner.history or last_event_id is None or parse_event_id(last_event_id) is None:
             return []
-        loop = owner._loop_for_call()
-        if loop is None or owner._down:
+        loop = owner.bind_loop()
+        if loop is None or owner.is_down:
             return []
         if loop is not asyncio.get_running_loop():
             future = asyncio.run_coroutine_threadsafe(self.fetch(topic, last_event_id), loop)
             return await asyncio.wrap_future(future)
         result: asyncio.Future[list[Outgoing]] = loop.create_future()
-        owner._enqueue(HistoryRead(topic, last_event_id.strip(), result))
+        owner.enqueue(HistoryRead(topic, last_event_id.strip(), result))
         return await result
 
     async def _run(self, topic: str, stand_in: _CatchUp, last_event_id: str) -> None:
         owner = self.owner
         missed: list[Outgoing] = []
         try:
-            if not owner._down:
+            if not owner.is_down:
                 # Subscribed first, so every publish is in the history read
                 # below or arrives live after it (or both: deduplicated by id).
                 await asyncio.wait_for(owner.wait_subscribed(topic), owner.command_timeout)

@@ -25,9 +25,10 @@ from typing import Any
 
 __all__ = ["MAX_HEADER", "Envelope", "MalformedEnvelope", "decode", "encode"]
 
-# A real header is ``["<32 hex>", "<namespace>", false]``: far below this. The
-# bound also keeps JSON nesting (one byte per level) below the recursion limit.
-MAX_HEADER = 512
+# A real header is ``["<32 hex>", "<namespace>", false]``: far below this (a
+# namespace is a route path). Parsing is bounded by it; nesting deeper than the
+# recursion limit within it is caught.
+MAX_HEADER = 4096
 
 
 class MalformedEnvelope(ValueError):

@@ -159,7 +159,7 @@ class OrderedPublisher:
     async def _send(self, batch: list[Item]) -> None:
         owner = self.owner
         loop = asyncio.get_running_loop()
-        if owner._down or loop.time() < self.retry_at:
+        if owner.is_down or loop.time() < self.retry_at:
             self._give_up(batch)  # known to be down: stay local
             return
         # Consecutive publishes go in one call; a history read goes alone, in turn.

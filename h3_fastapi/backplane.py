@@ -119,7 +119,7 @@ class BackplanePubSub:
             return
         new = topic not in self.local.topics
         self.local.subscribe(topic, subscriber)
-        if new and self._loop_for_call() is not None:
+        if new and self.bind_loop() is not None:
             self._on_loop(self._topic_changed, topic)
 
     def unsubscribe(self, topic: str, subscriber: Subscriber) -> None:
@@ -146,9 +146,9 @@ class BackplanePubSub:
         outgoing = Outgoing.encode(data)
         if not self.history:
             self.local.deliver_local(topic, outgoing, namespace, exclude)
-        if self._loop_for_call() is not None:
+        if self.bind_loop() is not None:
             item = Publish(topic, outgoing, namespace, exclude)
-            self._on_loop(self._enqueue, item)
+            self._on_loop(self.enqueue, item)
             return item
         if self.history:
             self.local.deliver_local(topic, outgoing, namespace, exclude)
@@ -216,6 +216,15 @@ class BackplanePubSub:
     def connected(self) -> bool:
         """``True`` while the backplane's listening connection is up."""
         return self._connected
+
+    @property
+    def is_down(self) -> bool:
+        """``True`` while the backplane is known to be unreachable (publishes stay local)."""
+        return self._down
+
+    def on_loop_thread(self) -> bool:
+        """``True`` when called on the thread of the loop the backplane runs on."""
+        return threading.get_ident() == self._loop_thread
 
     @property
     def confirmed_topics(self) -> frozenset[str]:
@@ -338,8 +347,11 @@ class BackplanePubSub:
 
     # --- loop binding -----------------------------------------------------------
 
-    def _loop_for_call(self) -> asyncio.AbstractEventLoop | None:
-        """The loop the backplane runs on; the first call from a loop starts it there."""
+    def bind_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop the backplane runs on; the first call from a loop starts it there.
+
+        ``None`` when called outside any loop (or on a loop it was closed on).
+        """
         loop = self._loop
         if loop is not None and loop.is_running():
             return loop
@@ -391,14 +403,15 @@ class BackplanePubSub:
             self._confirmed.discard(topic)
             self.backplane.unsubscribe(topic)
 
-    def _enqueue(self, item: Any) -> None:
+    def enqueue(self, item: Any) -> None:
+        """Queue a publish or history read for the ordered publisher (on the loop)."""
         publisher = self._publisher
         if publisher is None:
             item.give_up(self)
         else:
             publisher.enqueue(item)
 
-    def _after_fork(self) -> None:
+    def after_fork(self) -> None:  # called by os.register_at_fork
         """In a forked child (gunicorn ``--preload``): new origin, no inherited connections."""
         self.origin = uuid.uuid4().hex
         self._bind_lock = threading.Lock()
@@ -410,10 +423,10 @@ class BackplanePubSub:
 _instances: weakref.WeakSet[BackplanePubSub] = weakref.WeakSet()
 
 
-def _after_fork_in_child() -> None:
+def after_fork_in_child() -> None:
     for pubsub in list(_instances):
-        pubsub._after_fork()
+        pubsub.after_fork()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(after_in_child=after_fork_in_child)

@@ -446,7 +446,7 @@ async def test_poisoned_channel_data_is_skipped_with_one_warning_and_no_outage(
     ):
         sub = Recorder()
         await subscribed(a, "t", sub)
-        for poison in (f"\n{DEEP}\nx", f'\n["{a.origin}",' + "[" * 400 + "\nx", "x" * 100):
+        for poison in (f"\n{DEEP}\nx", f'\n["{a.origin}",' + "[" * 3000 + "\nx", "x" * 100):
             redis_server.command("PUBLISH", "poison:t", poison)
         await b.publish("t", "valid")
         assert await sub.wait_for(1) == ["valid"]
