@@ -12,7 +12,7 @@ from ._transports import close_proxy_clients
 from ._websocket_proxy import create_websocket_proxy
 from .message import Message
 from .peer import CloseDetails, Peer
-from .pubsub import MemoryPubSub, PubSub, publish
+from .pubsub import Backplane, MemoryPubSub, PubSub, publish
 from .redis import RedisPubSub
 from .routing import H3, H3Router, Server, serve
 from .websocket import (
@@ -26,6 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "H3",
+    "Backplane",
     "CloseDetails",
     "EventStream",
     "EventStreamMessage",

@@ -316,8 +316,6 @@ class EventStream(Response):
             text = format_event(to_text(outgoing.data), outgoing.id)
             self._queue(text.encode("utf-8", "replace"))
 
-    _deliver = deliver  # the old name, until pub/sub calls ``deliver``
-
     def _queue(self, data: bytes, unpaused: bool = False) -> Awaitable[None]:
         writer = self._writer
         if self._state in _ENDED or writer.hop(self._queue, data, unpaused):
@@ -370,13 +368,9 @@ class EventStream(Response):
         pubsub = self.pubsub
         last_id = self.last_event_id
         if last_id:
-            subscribe_from = getattr(pubsub, "subscribe_from", None)
-            if subscribe_from is not None:
-                subscribe_from(topic, self, last_id)
-                return
-            for outgoing in _replay(pubsub, topic, last_id):
-                self.deliver(outgoing)
-        pubsub.subscribe(topic, self)
+            pubsub.subscribe_from(topic, self, last_id)
+        else:
+            pubsub.subscribe(topic, self)
 
     def unsubscribe(self, topic: str) -> None:
         """Stop receiving publishes to ``topic``."""
@@ -656,19 +650,6 @@ def _loop_thread(loop: asyncio.AbstractEventLoop) -> int:
     from anyio import from_thread
 
     return from_thread.run_sync(threading.get_ident)
-
-
-def _replay(pubsub: PubSub, topic: str, last_id: str) -> list[Outgoing]:
-    """What ``pubsub`` kept of ``topic`` after ``last_id`` (nothing if it keeps no history)."""
-    replay = getattr(pubsub, "replay", None)
-    if replay is None:
-        return []
-    try:
-        missed: list[Outgoing] = replay(topic, last_id)
-    except Exception:
-        logger.exception("h3_fastapi: replay of topic %r failed", topic)
-        return []
-    return missed
 
 
 def _call_all_sync(callbacks: list[Callable[[], Any]]) -> None:

@@ -119,8 +119,6 @@ class Peer:
         """The pub/sub entry point: queue an already-encoded publish (any thread)."""
         self._connection.queue(outgoing)
 
-    _deliver = deliver  # the old name, until pub/sub calls ``deliver``
-
     def publish(self, topic: str, data: Any) -> Awaitable[None]:
         """Send ``data`` to every subscriber of ``topic`` in this namespace except this peer."""
         pubsub = self._connection.pubsub

@@ -17,15 +17,19 @@ like a Redis stream id), so an event stream that reconnects with
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Generator
+from collections.abc import Awaitable, Generator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from ._hooks import logger
 from ._serialize import to_wire
 
 __all__ = [
+    "Backplane",
+    "BackplaneReceiver",
     "MemoryPubSub",
     "Outgoing",
     "PubSub",
@@ -34,6 +38,7 @@ __all__ = [
     "get_default_pubsub",
     "parse_event_id",
     "publish",
+    "pubsub_from_url",
     "set_default_pubsub",
 ]
 
@@ -85,7 +90,8 @@ class Subscriber(Protocol):
     @property
     def namespace(self) -> str | None: ...
 
-    def _deliver(self, outgoing: Outgoing) -> None: ...
+    def deliver(self, outgoing: Outgoing) -> None:
+        """Take one publish; called from any thread, must not block or raise."""
 
 
 class _Done:
@@ -130,8 +136,85 @@ class PubSub(Protocol):
         """
         ...
 
+    def replay(self, topic: str, last_event_id: str | None) -> list[Outgoing]:
+        """Publishes to ``topic`` after ``last_event_id`` this pub/sub can give at once.
+
+        Empty for a pub/sub whose history is elsewhere (read by ``subscribe_from``).
+        """
+        ...
+
+    def subscribe_from(
+        self, topic: str, subscriber: Subscriber, last_event_id: str | None
+    ) -> Awaitable[None]:
+        """``subscribe``, first delivering what was missed after ``last_event_id``."""
+        ...
+
     async def close(self) -> None:
         """Release connections; subscribers stay registered locally."""
+
+
+class BackplaneReceiver(Protocol):
+    """What a ``Backplane`` reports to (``BackplanePubSub`` implements it).
+
+    Every method is called on the event loop the backplane was started on.
+    """
+
+    def received(self, topic: str, envelope: bytes, event_id: str | None) -> None:
+        """An envelope published to ``topic`` (by any process, this one included)."""
+
+    def subscribed(self, topic: str) -> None:
+        """The server confirmed the subscription to ``topic`` on the current connection."""
+
+    def connection_made(self) -> None:
+        """The listening connection is up (again); every topic is being subscribed."""
+
+    def connection_lost(self, error: Exception) -> None:
+        """The listening connection failed; the backplane reconnects by itself."""
+
+    def malformed(self, where: str, error: Exception) -> None:
+        """Data on the wire that is not an envelope: skipped, with one warning in all."""
+
+
+@runtime_checkable
+class Backplane(Protocol):
+    """The wire between processes under a ``BackplanePubSub``: the seam for new transports.
+
+    A backplane moves opaque envelopes (bytes) per topic; local fan-out,
+    ordering, origins, outage reports and SSE catch-up are done above it once
+    for every transport. ``history`` is how many publishes per topic it keeps
+    for replay (0: none, and ``publish`` returns no event ids).
+
+    ``start`` is called once on the event loop that will run the backplane and
+    must return at once (connect in a task, reconnect after failures, and
+    subscribe every wanted topic again on each new connection).
+    ``subscribe``/``unsubscribe`` are called on that loop, must not block, and
+    are idempotent. ``publish`` sends a batch in order and returns, per
+    envelope, its event id (with history), ``None``, or the exception that
+    envelope met; it raises when the whole batch failed.
+    """
+
+    history: int
+
+    def start(self, receiver: BackplaneReceiver) -> None: ...
+
+    def subscribe(self, topic: str) -> None: ...
+
+    def unsubscribe(self, topic: str) -> None: ...
+
+    async def publish(
+        self, batch: Sequence[tuple[str, bytes]]
+    ) -> Sequence[str | Exception | None]: ...
+
+    async def read_history(self, topic: str, after: str) -> list[tuple[str, bytes]]:
+        """``(event id, envelope)`` kept for ``topic`` after ``after``, oldest first."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+# Redis stream ids are two unsigned 64-bit numbers: nothing larger is an id.
+_MAX_ID_PART = 2**64 - 1
+_EVENT_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
 
 
 def parse_event_id(event_id: str | None) -> tuple[int, int] | None:
@@ -139,13 +222,18 @@ def parse_event_id(event_id: str | None) -> tuple[int, int] | None:
 
     Event ids from a pub/sub with history (memory or a Redis stream) have this
     form and sort by the tuple. A bare number is taken as ``(number, 0)``.
+    Only ASCII digits, and each part within a Redis stream id's range
+    (0 to 2**64 - 1): anything else from a client is treated as no id.
     """
-    if not event_id:
+    if not event_id or len(event_id) > 64:
         return None
-    ms, _, seq = event_id.strip().partition("-")
-    if not ms.isdigit() or not (seq.isdigit() or not seq):
+    match = _EVENT_ID.fullmatch(event_id.strip())
+    if match is None:
         return None
-    return int(ms), int(seq) if seq else 0
+    ms, seq = int(match[1]), int(match[2] or 0)
+    if ms > _MAX_ID_PART or seq > _MAX_ID_PART:
+        return None
+    return ms, seq
 
 
 class MemoryPubSub:
@@ -225,7 +313,10 @@ class MemoryPubSub:
                 own = subscriber.namespace
                 if own is not None and own != namespace:
                     continue
-            subscriber._deliver(outgoing)
+            try:
+                subscriber.deliver(outgoing)
+            except Exception:  # one subscriber's bug must not starve the others
+                logger.exception("h3_fastapi: a subscriber of %r failed to take a publish", topic)
 
     def replay(self, topic: str, last_event_id: str | None) -> list[Outgoing]:
         """Publishes to ``topic`` after ``last_event_id`` still in history (oldest first).
@@ -254,7 +345,7 @@ class MemoryPubSub:
         """
         with self._history_lock:
             for outgoing in self.replay(topic, last_event_id):
-                subscriber._deliver(outgoing)
+                subscriber.deliver(outgoing)
             self.subscribe(topic, subscriber)
         return DONE
 
@@ -294,19 +385,28 @@ _default_lock = threading.Lock()
 
 
 def get_default_pubsub() -> PubSub:
-    """The process-wide pub/sub: ``RedisPubSub`` when ``H3_PUBSUB_URL`` is set, else memory."""
+    """The process-wide pub/sub: from ``H3_PUBSUB_URL`` when it is set, else memory."""
     global _default
     if _default is None:
         with _default_lock:
             if _default is None:
-                url = os.environ.get("H3_PUBSUB_URL", "").strip()
-                if url and url != "memory://":
-                    from .redis import RedisPubSub
-
-                    _default = RedisPubSub(url)
-                else:
-                    _default = MemoryPubSub()
+                _default = pubsub_from_url(os.environ.get("H3_PUBSUB_URL", "").strip())
     return _default
+
+
+def pubsub_from_url(url: str) -> PubSub:
+    """The pub/sub a URL names, by scheme (empty or ``memory://``: ``MemoryPubSub``).
+
+    ``redis://``, ``rediss://``, ``unix://``: ``RedisPubSub``.
+    """
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if not url or scheme == "memory":
+        return MemoryPubSub()
+    if scheme in ("redis", "rediss", "unix"):
+        from .redis import RedisPubSub
+
+        return RedisPubSub(url)
+    raise ValueError(f"H3_PUBSUB_URL: no pub/sub for the scheme {scheme or url[:20]!r}")
 
 
 def current_default() -> PubSub | None:

@@ -1,7 +1,7 @@
 """MemoryPubSub: topics, namespaces, threads, and history for SSE replay.
 
 Subscribers here are small recording objects (the ``Subscriber`` protocol:
-``namespace`` and ``_deliver``), so each rule is checked without a server;
+``namespace`` and ``deliver``), so each rule is checked without a server;
 ``test_event_stream_replay_with_memory_history`` then drives the same history
 through a real uvicorn and an SSE client.
 """
@@ -32,7 +32,7 @@ class Recorder:
         self.got: list[Outgoing] = []
         self.lock = threading.Lock()
 
-    def _deliver(self, outgoing: Outgoing) -> None:
+    def deliver(self, outgoing: Outgoing) -> None:
         with self.lock:
             self.got.append(outgoing)
 

@@ -130,7 +130,7 @@ class Recorder:
         self.got: list[Outgoing] = []
         self.changed = asyncio.Event()
 
-    def _deliver(self, outgoing: Outgoing) -> None:
+    def deliver(self, outgoing: Outgoing) -> None:
         self.got.append(outgoing)
         self.changed.set()
 
@@ -429,6 +429,108 @@ async def test_malformed_messages_are_ignored(redis_server: RedisServer) -> None
             redis_server.command("PUBLISH", "h3:t", junk)
         await b.publish("t", "valid")
         assert await sub.wait_for(1) == ["valid"]
+
+
+DEEP = "[" * 200_000  # json.loads of this raises RecursionError
+
+
+async def test_poisoned_channel_data_is_skipped_with_one_warning_and_no_outage(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A deeply nested envelope used to end the session: a fake outage, lost deliveries."""
+    caplog.set_level(logging.DEBUG, logger="h3_fastapi")
+    errors: list[Exception] = []
+    async with backplanes(redis_server.url, 2, prefix="poison:", on_error=errors.append) as (
+        a,
+        b,
+    ):
+        sub = Recorder()
+        await subscribed(a, "t", sub)
+        for poison in (f"\n{DEEP}\nx", f'\n["{a.origin}",' + "[" * 3000 + "\nx", "x" * 100):
+            redis_server.command("PUBLISH", "poison:t", poison)
+        await b.publish("t", "valid")
+        assert await sub.wait_for(1) == ["valid"]
+        assert errors == [] and a.connected
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and "not an h3 envelope" in warnings[0].getMessage()
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_poisoned_history_entry_is_skipped_and_publishing_goes_on(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A poisoned stream entry used to kill the publisher task: every publish then hung."""
+    caplog.set_level(logging.WARNING, logger="h3_fastapi")
+    errors: list[Exception] = []
+    async with backplanes(
+        redis_server.url, 1, history=10, prefix="phist:", on_error=errors.append
+    ) as (a,):
+        sub = Recorder()
+        await subscribed(a, "t", sub)
+        await a.publish("t", "before")
+        redis_server.command("XADD", "phist:t", "*", "m", f"{DEEP}\nx")
+        redis_server.command("XADD", "phist:t", "*", "m", "no header at all")
+        await a.publish("t", "after")
+        assert [o.data for o in await a.fetch_history("t", "0-0")] == ["before", "after"]
+        late = Recorder()
+        await asyncio.wait_for(a.subscribe_from("t", late, "0-0"), TIMEOUT)
+        await asyncio.wait_for(a.publish("t", "live"), TIMEOUT)  # the publisher is alive
+        assert await late.wait_for(3) == ["before", "after", "live"]
+        assert errors == []
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1, [r.getMessage() for r in warnings]
+
+
+async def test_a_subscriber_that_raises_does_not_stop_the_publisher(
+    redis_server: RedisServer,
+) -> None:
+    class Broken:
+        namespace = None
+
+        def deliver(self, outgoing: Outgoing) -> None:
+            raise RuntimeError("subscriber bug")
+
+    async with backplanes(redis_server.url, 2, history=10, prefix="broken:") as (a, b):
+        good, far = Recorder(), Recorder()
+        a.subscribe("t", Broken())
+        a.subscribe("t", good)
+        await subscribed(b, "t", far)
+        for i in range(3):
+            await asyncio.wait_for(a.publish("t", i), TIMEOUT)
+        assert await good.wait_for(3) == ["0", "1", "2"]
+        assert await far.wait_for(3) == ["0", "1", "2"]
+
+
+async def test_an_out_of_range_last_event_id_is_no_outage(redis_server: RedisServer) -> None:
+    errors: list[Exception] = []
+    async with backplanes(
+        redis_server.url, 1, history=10, prefix="range:", on_error=errors.append
+    ) as (a,):
+        sub = Recorder()
+        await subscribed(a, "t", sub)
+        await a.publish("t", "one")
+        for bad in ("18446744073709551616-0", "\xb2", "1" * 4301):
+            assert await a.fetch_history("t", bad) == []
+            late = Recorder()
+            await asyncio.wait_for(a.subscribe_from("t", late, bad), TIMEOUT)
+        await a.publish("t", "two")
+        await sub.wait_for(2)
+        assert errors == [] and a.connected
+
+
+async def test_logs_never_show_the_redis_password(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="h3_fastapi")
+    port = free_port()
+    for url in (
+        f"redis://127.0.0.1:{port}/0?password=hunter2",
+        f"redis://user:hunter2@127.0.0.1:{port}/0",
+        f"redis://:hunter2@127.0.0.1:{port}/0?db=0",
+    ):
+        caplog.clear()
+        async with backplanes(url, 1, reconnect_backoff=(0.05, 0.1)) as (a,):
+            a.subscribe("t", Recorder())
+            await eventually(lambda: "unreachable" in caplog.text, "the outage log line")
+        assert "hunter2" not in caplog.text and "127.0.0.1" in caplog.text
 
 
 def _publish_from_forked_child(pubsub: RedisPubSub, parent_origin: str) -> None:
