@@ -34,6 +34,7 @@ from . import _shutdown
 from ._compat import Written, release_reached, resolve, uncancel
 from ._hooks import logger, run_callback
 from ._serialize import to_json_text, to_text
+from ._typing import server_sent_event_fields, stream_producer
 from .pubsub import DONE, Outgoing, PubSub, get_default_pubsub
 
 __all__ = [
@@ -158,6 +159,9 @@ def _format_one(item: Any) -> str:
         return format_event(
             _data_text(item["data"]), item.get("id"), item.get("event"), item.get("retry")
         )
+    fastapi_event = server_sent_event_fields(item)  # fastapi.sse.ServerSentEvent
+    if fastapi_event is not None:
+        return format_event(*fastapi_event)
     sse_type = _sse_starlette_event_type()
     if sse_type is not None and isinstance(item, sse_type):
         data = getattr(item, "data", None)
@@ -930,7 +934,10 @@ _REQUEST_PARAMETER = "_h3_request"
 def event_stream(func: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """Turn an async generator endpoint into an SSE endpoint.
 
-    Each yielded value is pushed (anything ``EventStream.push`` takes); when
+    Each yielded value is pushed (anything ``EventStream.push`` takes); a
+    generator annotated ``AsyncIterator[Model]`` (or ``Iterator[Model]`` for a
+    plain ``def`` generator, run in the threadpool) has each item validated and
+    sent as the model's JSON, as FastAPI's own SSE does; when
     the generator ends the stream closes; when the client leaves or the
     server shuts down the generator is closed (its ``finally`` runs). FastAPI
     parameters and dependencies of the function keep working; it gets the
@@ -940,10 +947,10 @@ def event_stream(func: Callable[..., Any] | None = None, /, **options: Any) -> A
     """
     if func is None:
         return lambda f: event_stream(f, **options)
-    if not inspect.isasyncgenfunction(func):
-        raise TypeError("@event_stream needs an async generator function (async def ... yield)")
+    # Typed items (``AsyncIterator[Model]``) validated and JSON-encoded; sync
+    # generators run in the threadpool (_typing.py).
+    generator_function, item_type = stream_producer(func)
     signature, request_name, added = _endpoint_signature(func)
-    generator_function = func
 
     @functools.wraps(func)
     async def endpoint(*args: Any, **kwargs: Any) -> EventStream:
@@ -962,6 +969,7 @@ def event_stream(func: Callable[..., Any] | None = None, /, **options: Any) -> A
         **{p.name: p.annotation for p in signature.parameters.values()},
         "return": EventStream,
     }
+    endpoint.__h3_stream_item__ = item_type  # type: ignore[attr-defined]  # schema docs
     return endpoint
 
 

@@ -24,6 +24,7 @@ from . import _shutdown
 from ._compat import Written
 from ._hooks import call_maybe_async, logger
 from ._responses import exception_to_response, to_response
+from ._typing import hook_error, hooks_message_type, typed_message_hook
 from .message import Message
 from .peer import CLOSE_TIMEOUT, CloseDetails, Peer
 from .pubsub import DONE, PubSub, get_default_pubsub
@@ -100,6 +101,8 @@ class _Hooks:
                 hook = override
             if hook is not None and not callable(hook):
                 raise TypeError(f"WebSocket hook {name!r} must be callable, got {hook!r}")
+            if name == "message":  # typed hook -> validating (peer, message) hook (_typing.py)
+                hook = typed_message_hook(hook)
             setattr(self, name, hook)
 
     upgrade: Hook | None
@@ -201,7 +204,12 @@ class WebSocketHandler:
         max_peers: int | None = None,
         send_buffer_limit: int = DEFAULT_SEND_BUFFER_LIMIT,
         namespace: str | None = None,
+        send: Any = None,
     ) -> None:
+        # Schema docs (asyncapi.py): what the server sends (``send=``, documentation
+        # only) and the type the ``message`` hook takes (``Message`` when untyped).
+        self.send_type: Any = send
+        self.message_type: Any = hooks_message_type(hooks, message)
         overrides = {
             "upgrade": upgrade,
             "open": open,
@@ -515,8 +523,10 @@ class WebSocketHandler:
     async def _hook_failed(self, hooks: _Hooks, peer: Peer, name: str, exc: Exception) -> None:
         """Route a hook exception to ``error``, then close 1011 unless already closing."""
         what = "transport failed" if name == "transport" else f"{name} hook raised"
-        error = WSError(f"{what} {type(exc).__name__}: {exc}")
-        error.__cause__ = exc
+        # A typed hook's invalid message: cause is the ValidationError, close 1007.
+        cause, code, reason = hook_error(exc)
+        error = WSError(f"{what} {type(cause).__name__}: {cause}")
+        error.__cause__ = cause
         if hooks.error is not None:
             try:
                 await call_maybe_async(hooks.error, peer, error)
@@ -525,7 +535,7 @@ class WebSocketHandler:
         else:
             logger.error("h3_fastapi: WebSocket %s hook raised", name, exc_info=exc)
         if peer._state == 0:
-            peer.close(1011, "Internal Error")
+            peer.close(code, reason)
 
 
 async def _wait_closed(peers: list[Peer]) -> None:
@@ -551,6 +561,7 @@ def define_websocket_handler(
     max_peers: int | None = None,
     send_buffer_limit: int = DEFAULT_SEND_BUFFER_LIMIT,
     namespace: str | None = None,
+    send: Any = None,
 ) -> WebSocketHandler:
     """Build a ``WebSocketHandler`` from crossws hooks.
 
@@ -558,6 +569,11 @@ def define_websocket_handler(
     factory ``(request) -> hooks`` (sync or async) called for each upgrade.
     Hooks given as keywords win. As in h3, a second positional argument is the
     ``http`` handler for plain (non-upgrade) requests.
+
+    A ``message`` hook whose second parameter is annotated with a Pydantic
+    type gets the validated value (an invalid message: ``error`` hook, then
+    close 1007). ``send`` declares the type the server sends, for the
+    AsyncAPI document.
     """
     return WebSocketHandler(
         hooks,
@@ -573,6 +589,7 @@ def define_websocket_handler(
         max_peers=max_peers,
         send_buffer_limit=send_buffer_limit,
         namespace=namespace,
+        send=send,
     )
 
 
