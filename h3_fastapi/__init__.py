@@ -4,6 +4,8 @@ WebSockets with crossws hooks, Server-Sent Events, a streaming proxy on httpx,
 and pub/sub that scales out through Redis.
 """
 
+from . import _openapi
+from .asyncapi import add_asyncapi, get_asyncapi
 from .event_stream import EventStream, EventStreamMessage, create_event_stream, event_stream
 from .message import Message
 from .peer import CloseDetails, Peer
@@ -24,6 +26,9 @@ from .websocket import (
     define_websocket_handler,
 )
 
+# Event-stream routes documented as text/event-stream in /openapi.json (_openapi.py).
+_openapi.install()
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -40,12 +45,14 @@ __all__ = [
     "Server",
     "WSError",
     "WebSocketHandler",
+    "add_asyncapi",
     "create_event_stream",
     "create_websocket_proxy",
     "define_websocket",
     "define_websocket_handler",
     "event_stream",
     "fetch_with_event",
+    "get_asyncapi",
     "get_proxy_request_headers",
     "proxy",
     "proxy_request",

@@ -296,7 +296,7 @@ def _passes_through(item: Any) -> bool:
 def stream_producer(
     func: Callable[..., Any],
 ) -> tuple[Callable[..., AsyncIterator[Any]], Any | None]:
-    """The async generator function ``@event_stream`` runs, and the item type it declares.
+    """The async generator function ``@event_stream`` runs, and the item type it validates.
 
     Sync generators run in the threadpool. With a declared item type (other
     than text or SSE message types) each item is validated and pushed as its
@@ -309,8 +309,10 @@ def stream_producer(
     encode: Callable[[Any], Any] | None = None
     if item_type is not None and not _is_event_shape(item_type):
         encode = _item_encoder(item_type)
+    else:
+        item_type = None  # text or SSE message objects: no JSON schema to promise
     if is_async and encode is None:
-        return func, item_type
+        return func, None
 
     @functools.wraps(func)
     async def produce(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
