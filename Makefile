@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: run test lint typecheck pytest docs docs-serve bench system-deps autobahn clean
+.PHONY: run test lint typecheck pytest docs docs-serve bench system-deps asyncapi-schema autobahn clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is required (set PYTHON=python3.X)"'
@@ -27,10 +27,16 @@ run: $(VENV)/.run-installed
 	$(BIN)/python -m example_app
 
 ## Lint, type-check, run every test, build the docs (what CI runs).
-test: $(VENV)/.dev-installed system-deps lint typecheck pytest docs
+test: $(VENV)/.dev-installed system-deps asyncapi-schema lint typecheck pytest docs
 
 system-deps:
 	@bash scripts/install-system-deps.sh
+
+## The official AsyncAPI JSON Schemas (npm @asyncapi/specs, locked) for tests/test_asyncapi.py.
+asyncapi-schema: tests/asyncapi/node_modules/.package-lock.json
+
+tests/asyncapi/node_modules/.package-lock.json: tests/asyncapi/package.json tests/asyncapi/package-lock.json
+	npm ci --prefix tests/asyncapi --no-audit --no-fund --loglevel=error
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
@@ -56,4 +62,4 @@ autobahn: $(VENV)/.dev-installed
 	bash scripts/autobahn.sh
 
 clean:
-	rm -rf $(VENV) site .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) site .mypy_cache .ruff_cache .pytest_cache tests/asyncapi/node_modules

@@ -32,6 +32,7 @@ def banner(host: str, port: int, *, redis: str | None, workers: int) -> str:
         f"  SSE 'Hello world' (h3 seed)  {http}/sse",
         f"  WebSocket (h3 seed)          ws://{host}:{port}/_ws",
         f"  API docs                     {http}/docs",
+        f"  Real-time docs (AsyncAPI)    {http}/asyncapi",
         "",
     ]
     if redis:

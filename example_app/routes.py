@@ -7,6 +7,7 @@
 | ``/_ws`` | chat WebSocket (h3's seed example) |
 | ``/sse`` | ``Hello world`` every second (h3's seed example) |
 | ``/clock`` | live clock page; its stream is ``/clock/events`` |
+| ``/asyncapi`` | the WebSocket and SSE routes as an AsyncAPI 3.0 page (``/asyncapi.json``) |
 
 Pub/sub is in memory unless ``H3_PUBSUB_URL`` names a Redis server; with
 Redis, several workers share one chat.
@@ -17,7 +18,7 @@ import os
 from starlette.responses import HTMLResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from h3_fastapi import H3
+from h3_fastapi import H3, add_asyncapi
 
 from . import clock, sse_seed, websocket_seed
 
@@ -52,3 +53,4 @@ app.get("/chat", lambda: HTMLResponse(websocket_seed.chat_page))
 app.use("/_ws", websocket_seed.websocket)
 app.get("/sse", sse_seed.hello)
 app.include_router(clock.router)
+add_asyncapi(app)

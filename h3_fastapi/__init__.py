@@ -4,12 +4,14 @@ WebSockets with crossws hooks, Server-Sent Events, a streaming proxy on httpx,
 and pub/sub that scales out through Redis.
 """
 
+from . import _openapi
 from ._event_stream import EventStream, EventStreamMessage, create_event_stream, event_stream
 from ._guard import TargetNotAllowed
 from ._headers import get_proxy_request_headers, join_proxy_path
 from ._proxy import ProxyOptions, fetch_with_event, proxy, proxy_request
 from ._transports import close_proxy_clients
 from ._websocket_proxy import create_websocket_proxy
+from .asyncapi import add_asyncapi, get_asyncapi
 from .message import Message
 from .peer import CloseDetails, Peer
 from .pubsub import Backplane, MemoryPubSub, PubSub, publish
@@ -21,6 +23,9 @@ from .websocket import (
     define_websocket,
     define_websocket_handler,
 )
+
+# Event-stream routes documented as text/event-stream in /openapi.json (_openapi.py).
+_openapi.install()
 
 __version__ = "0.1.0"
 
@@ -41,6 +46,7 @@ __all__ = [
     "TargetNotAllowed",
     "WSError",
     "WebSocketHandler",
+    "add_asyncapi",
     "close_proxy_clients",
     "create_event_stream",
     "create_websocket_proxy",
@@ -48,6 +54,7 @@ __all__ = [
     "define_websocket_handler",
     "event_stream",
     "fetch_with_event",
+    "get_asyncapi",
     "get_proxy_request_headers",
     "join_proxy_path",
     "proxy",

@@ -35,6 +35,7 @@ from ._hooks import logger, run_callback
 from ._outbox import Outbox
 from ._serialize import to_text
 from ._sse import EventStreamMessage, encode, format_comment, format_event
+from ._typing import stream_producer
 from .pubsub import DONE, Outgoing, PubSub, get_default_pubsub
 
 __all__ = [
@@ -722,7 +723,10 @@ _REQUEST_PARAMETER = "_h3_request"
 def event_stream(func: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """Turn an async generator endpoint into an SSE endpoint.
 
-    Each yielded value is pushed (anything ``EventStream.push`` takes); when
+    Each yielded value is pushed (anything ``EventStream.push`` takes); a
+    generator annotated ``AsyncIterator[Model]`` (or ``Iterator[Model]`` for a
+    plain ``def`` generator, run in the threadpool) has each item validated and
+    sent as the model's JSON, as FastAPI's own SSE does; when
     the generator ends the stream closes; when the client leaves or the
     server shuts down the generator is closed (its ``finally`` runs). FastAPI
     parameters and dependencies of the function keep working; it gets the
@@ -732,10 +736,10 @@ def event_stream(func: Callable[..., Any] | None = None, /, **options: Any) -> A
     """
     if func is None:
         return lambda f: event_stream(f, **options)
-    if not inspect.isasyncgenfunction(func):
-        raise TypeError("@event_stream needs an async generator function (async def ... yield)")
+    # Typed items (``AsyncIterator[Model]``) validated and JSON-encoded; sync
+    # generators run in the threadpool (_typing.py).
+    generator_function, item_type = stream_producer(func)
     signature, request_name, added = _endpoint_signature(func)
-    generator_function = func
 
     @functools.wraps(func)
     async def endpoint(*args: Any, **kwargs: Any) -> EventStream:
@@ -753,6 +757,7 @@ def event_stream(func: Callable[..., Any] | None = None, /, **options: Any) -> A
         **{p.name: p.annotation for p in signature.parameters.values()},
         "return": EventStream,
     }
+    endpoint.__h3_stream_item__ = item_type  # type: ignore[attr-defined]  # schema docs
     return endpoint
 
 

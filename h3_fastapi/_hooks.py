@@ -12,6 +12,8 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ._typing import hook_error, typed_message_hook
+
 if TYPE_CHECKING:
     from .peer import Peer
 
@@ -69,6 +71,8 @@ class Hooks:
                 hook = override
             if hook is not None and not callable(hook):
                 raise TypeError(f"WebSocket hook {name!r} must be callable, got {hook!r}")
+            if name == "message":  # a typed hook validates first (_typing.py)
+                hook = typed_message_hook(hook)
             setattr(self, name, hook)
 
     async def call(self, name: str, peer: Peer, *args: Any) -> None:
@@ -82,13 +86,16 @@ class Hooks:
             await self.failed(peer, name, exc)
 
     async def failed(self, peer: Peer, name: str, exc: Exception) -> None:
-        """Route a hook exception to ``error``, then close 1011 unless already closing.
+        """Route a hook exception to ``error``, then close unless already closing.
 
         ``name`` is the hook that raised, or ``"transport"`` (the peer is closed then).
+        The close code is 1011, or 1007 for a message a typed hook could not validate
+        (``error.__cause__`` is then the ``ValidationError``).
         """
         what = "transport failed" if name == "transport" else f"{name} hook raised"
-        error = WSError(f"{what} {type(exc).__name__}: {exc}")
-        error.__cause__ = exc
+        cause, code, reason = hook_error(exc)
+        error = WSError(f"{what} {type(cause).__name__}: {cause}")
+        error.__cause__ = cause
         if self.error is not None:
             try:
                 await call_maybe_async(self.error, peer, error)
@@ -97,4 +104,4 @@ class Hooks:
         else:
             logger.error("h3_fastapi: WebSocket %s hook raised", name, exc_info=exc)
         if peer.is_open:
-            peer.close(1011, "Internal Error")
+            peer.close(code, reason)

@@ -3,6 +3,12 @@
 ``peer.send``, ``peer.publish``, ``handler.publish`` and ``EventStream.push`` all
 go through here, so a dict is JSON-encoded the same way everywhere and a
 broadcast is encoded once, not once per receiver.
+
+JSON goes through pydantic-core's encoder (``pydantic_core.to_json``): Pydantic
+models by alias with their own serialisers (datetimes, enums, custom
+``@field_serializer``), dataclasses, sets and dicts alike, several times faster
+than ``json.dumps``. What it refuses (bytes that are not UTF-8, say) falls back
+to ``json.dumps``.
 """
 
 from __future__ import annotations
@@ -11,14 +17,25 @@ import dataclasses
 import json
 from typing import Any
 
+from pydantic_core import PydanticSerializationError
+from pydantic_core import to_json as _core_to_json
+
 __all__ = ["to_json_text", "to_text", "to_wire"]
+
+
+def _unknown(value: Any) -> Any:
+    """pydantic-core's fallback for a type it does not know: a ``model_dump`` or its text."""
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return dump(mode="json", by_alias=True)
+    return str(value)
 
 
 def _default(value: Any) -> Any:
     """``json.dumps`` fallback for pydantic models, dataclasses, sets and bytes."""
     dump = getattr(value, "model_dump", None)
     if callable(dump):
-        return dump(mode="json")
+        return dump(mode="json", by_alias=True)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
     if isinstance(value, (set, frozenset, tuple)):
@@ -29,7 +46,11 @@ def _default(value: Any) -> Any:
 
 
 def to_json_text(value: Any) -> str:
-    """JSON text for ``value`` (compact, UTF-8 kept as is)."""
+    """JSON text for ``value`` (compact, UTF-8 kept as is, model fields by alias)."""
+    try:
+        return _core_to_json(value, by_alias=True, fallback=_unknown).decode("utf-8")
+    except (PydanticSerializationError, ValueError, RecursionError):
+        pass
     return json.dumps(value, default=_default, ensure_ascii=False, separators=(",", ":"))
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._serialize import to_json_text, to_text
+from ._typing import server_sent_event_fields
 
 __all__ = ["EventStreamMessage", "encode", "format_comment", "format_event"]
 
@@ -104,6 +105,9 @@ def _format_one(item: Any) -> str:
         return format_event(
             _data_text(item["data"]), item.get("id"), item.get("event"), item.get("retry")
         )
+    fastapi_event = server_sent_event_fields(item)  # fastapi.sse.ServerSentEvent
+    if fastapi_event is not None:
+        return format_event(*fastapi_event)
     sse_type = _sse_starlette_event_type()
     if sse_type is not None and isinstance(item, sse_type):
         data = getattr(item, "data", None)

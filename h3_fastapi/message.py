@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from ._typing import type_adapter
 
 if TYPE_CHECKING:
     from .peer import Peer
+
+T = TypeVar("T")
 
 __all__ = ["Message"]
 
@@ -64,6 +68,20 @@ class Message:
             return json.loads(self.raw_data)
         except (ValueError, TypeError, RecursionError) as exc:
             raise ValueError(f"WebSocket message is not valid JSON: {exc}") from exc
+
+    @overload
+    def model(self, tp: type[T]) -> T: ...
+    @overload
+    def model(self, tp: Any) -> Any: ...
+    def model(self, tp: Any) -> Any:
+        """The data's JSON validated into ``tp``: a Pydantic model or any type Pydantic takes.
+
+        ``message.model(Chat)``, ``message.model(list[int])``, or an ``Annotated``
+        union with a discriminator. Raises ``pydantic.ValidationError`` (a
+        ``ValueError``) when the data is not JSON or does not fit. One
+        ``TypeAdapter`` per type is made on first use and reused.
+        """
+        return type_adapter(tp).validate_json(self.raw_data)
 
     def bytes(self) -> bytes:
         """The data as bytes; text is encoded as UTF-8."""

@@ -21,6 +21,7 @@ from starlette.websockets import WebSocket
 from ._connection import PeerTable, Upgrade, _Connection, deny, upgrade_result
 from ._hooks import HOOK_NAMES, Hook, Hooks, WSError, call_maybe_async
 from ._responses import exception_to_response, to_response
+from ._typing import hooks_message_type
 from .peer import CloseDetails, Peer
 from .pubsub import PubSub, get_default_pubsub
 
@@ -113,7 +114,12 @@ class WebSocketHandler:
         max_peers: int | None = None,
         send_buffer_limit: int = DEFAULT_SEND_BUFFER_LIMIT,
         namespace: str | None = None,
+        send: Any = None,
     ) -> None:
+        # Schema docs (asyncapi.py): what the server sends (``send=``, documentation
+        # only) and the type the ``message`` hook takes (``Message`` when untyped).
+        self.send_type: Any = send
+        self.message_type: Any = hooks_message_type(hooks, message)
         overrides = {
             "upgrade": upgrade,
             "open": open,
@@ -293,6 +299,7 @@ def define_websocket_handler(
     max_peers: int | None = None,
     send_buffer_limit: int = DEFAULT_SEND_BUFFER_LIMIT,
     namespace: str | None = None,
+    send: Any = None,
 ) -> WebSocketHandler:
     """Build a ``WebSocketHandler`` from crossws hooks.
 
@@ -300,6 +307,11 @@ def define_websocket_handler(
     factory ``(request) -> hooks`` (sync or async) called for each upgrade.
     Hooks given as keywords win. As in h3, a second positional argument is the
     ``http`` handler for plain (non-upgrade) requests.
+
+    A ``message`` hook whose second parameter is annotated with a Pydantic
+    type gets the validated value (an invalid message: ``error`` hook, then
+    close 1007). ``send`` declares the type the server sends, for the
+    AsyncAPI document.
     """
     return WebSocketHandler(
         hooks,
@@ -315,6 +327,7 @@ def define_websocket_handler(
         max_peers=max_peers,
         send_buffer_limit=send_buffer_limit,
         namespace=namespace,
+        send=send,
     )
 
 

@@ -724,3 +724,70 @@ async def test_from_sse_starlette_same_events(live_server: Any) -> None:
     assert parse_sse(before.text) == expected
     assert parse_sse(after.text) == expected
     assert after.headers["content-type"] == "text/event-stream"
+
+
+# ---------------------------------------------------------------- typed messages and AsyncAPI
+
+
+async def test_typed_messages_chat(live_server: Any) -> None:
+    server = live_server(example("typed_messages").app)
+    async with (
+        websockets.connect(server.ws_url + "/chat") as alice,
+        websockets.connect(server.ws_url + "/chat") as bob,
+    ):
+        for ws in (alice, bob):
+            await ws.send(json.dumps({"type": "join", "room": "r1"}))
+            assert await recv_json(ws) == {"joined": "r1"}
+        await alice.send(json.dumps({"type": "say", "text": "hi"}))
+        mine, theirs = await recv_json(alice), await recv_json(bob)
+        assert mine == theirs
+        assert mine["text"] == "hi" and set(mine) == {"userId", "text", "sentAt"}
+        assert mine["sentAt"].endswith("Z")
+        await bob.send(json.dumps({"type": "shout"}))
+        assert await closed_with(bob) == 1007
+
+
+async def test_typed_messages_model(live_server: Any) -> None:
+    server = live_server(example("typed_messages").app)
+    async with websockets.connect(server.ws_url + "/points") as ws:
+        await ws.send("[1, 2, 3]")
+        assert await recv_json(ws) == {"sum": 6}
+        await ws.send('["x"]')
+        assert await recv_json(ws) == {"error": "send a JSON list of integers"}
+
+
+async def test_typed_sse(live_server: Any) -> None:
+    server = live_server(example("typed_sse").app)
+    async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as client:
+        progress = await client.get("/jobs/j1/progress", params={"total": 2})
+        notices = await client.get("/notices")
+        spec = (await client.get("/openapi.json")).json()
+    assert progress.text == (
+        'data: {"step":1,"total":2}\n\ndata: {"step":2,"total":2}\n\n'
+        'event: done\ndata: {"job":"j1"}\n\n'
+    )
+    assert notices.text == 'data: {"step":1,"total":1}\n\nevent: note\ndata: plain text\n\n'
+    content = spec["paths"]["/jobs/{job_id}/progress"]["get"]["responses"]["200"]["content"]
+    assert list(content) == ["text/event-stream"]
+    data = content["text/event-stream"]["itemSchema"]["properties"]["data"]
+    assert data["contentSchema"] == {"$ref": "#/components/schemas/Progress"}
+    assert list(spec["paths"]["/notices"]["get"]["responses"]["200"]["content"]) == [
+        "text/event-stream"
+    ]
+
+
+async def test_asyncapi_app(live_server: Any) -> None:
+    module = example("asyncapi_app")
+    assert module.channel_addresses() == ["/games/{game_id}"]
+    server = live_server(module.app)
+    async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as client:
+        document = (await client.get("/asyncapi.json")).json()
+        page = await client.get("/asyncapi")
+    assert document["asyncapi"] == "3.0.0"
+    assert document["info"] == {"title": "Game server", "version": "1.0.0"}
+    messages = [m["name"] for m in document["components"]["messages"].values()]
+    assert sorted(messages) == ["Chat", "Move", "State"]
+    assert "/games/{game_id}" in page.text
+    async with websockets.connect(server.ws_url + "/games/g1") as ws:
+        await ws.send(json.dumps({"type": "move", "x": 1, "y": 2}))
+        assert list((await recv_json(ws))["players"].values()) == [[1, 2]]
