@@ -35,7 +35,7 @@ def stream_item(route: Any) -> tuple[bool, Any | None]:
         return False, None
     if hasattr(endpoint, "__h3_stream_item__"):  # @event_stream
         return True, endpoint.__h3_stream_item__
-    from .event_stream import EventStream
+    from ._event_stream import EventStream
 
     response_class = getattr(route, "response_class", None)
     response_class = getattr(response_class, "value", response_class)  # DefaultPlaceholder

@@ -279,7 +279,7 @@ def _is_event_shape(tp: Any) -> bool:
 
 
 def _is_event_object_type(tp: type) -> bool:
-    from .event_stream import EventStreamMessage
+    from ._sse import EventStreamMessage
 
     if issubclass(tp, EventStreamMessage):
         return True
