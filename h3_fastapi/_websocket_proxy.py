@@ -1,11 +1,30 @@
-"""``create_websocket_proxy``: hooks that relay a WebSocket to an upstream URL."""
+"""``create_websocket_proxy``: hooks that relay a WebSocket to an upstream URL.
+
+The options and their meaning follow crossws's ``createWebSocketProxy``
+(``target``, ``forwardProtocol``, ``headers``, ``maxBufferSize``,
+``connectTimeout``), with seconds instead of milliseconds. One deliberate
+difference: when nothing depends on the peer, the upstream is dialled during the
+client's handshake, so the subprotocol the client gets is the one the upstream
+chose (crossws echoes the client's first offer whatever the upstream says).
+
+Per connection, ``_Upstream`` is the only record; the hooks below are the only
+code that touches it. A peer's life through the proxy:
+
+``upgrade``  record the client's offered subprotocols; maybe dial early
+``open``     start the relay task: dial (unless already dialling), flush what the
+             client sent meanwhile, then copy upstream frames to the peer
+``message``  send upstream, or buffer (bounded) until the upstream is open
+``close``    close the upstream with the client's code, stop the relay
+"""
 
 from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+import re
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
@@ -17,12 +36,37 @@ from ._headers import (
     merge_headers,
     x_forwarded,
 )
-from ._hooks import logger
+from ._hooks import call_maybe_async, logger
 
-# --- WebSocket proxy ------------------------------------------------------------------
+if TYPE_CHECKING:
+    from .peer import Peer
 
-DEFAULT_WS_BUFFER_LIMIT = 1024 * 1024
-_WS_HANDSHAKE_HEADERS = frozenset(
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_MAX_BUFFER_SIZE",
+    "ForwardProtocol",
+    "ProxyTarget",
+    "create_websocket_proxy",
+]
+
+DEFAULT_MAX_BUFFER_SIZE = 1024 * 1024  # bytes, as crossws
+DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds (crossws: 10000 ms)
+
+ProxyTarget = str | Callable[["Peer"], "str | Awaitable[str]"]
+ProtocolList = str | Sequence[str] | None
+ForwardProtocol = (
+    bool
+    | str
+    | Sequence[str]
+    | Mapping[str, str]
+    | Callable[["Peer"], "ProtocolList | Awaitable[ProtocolList]"]
+)
+HeadersOption = (
+    HeaderInput | Callable[["Peer"], "HeaderInput | Awaitable[HeaderInput | None] | None"]
+)
+
+# Headers the upstream handshake makes itself, never copied from the client.
+_HANDSHAKE_HEADERS = frozenset(
     {
         "sec-websocket-key",
         "sec-websocket-version",
@@ -34,27 +78,66 @@ _WS_HANDSHAKE_HEADERS = frozenset(
         "content-length",
     }
 )
-_UNSENDABLE_CLOSE_CODES = frozenset({1004, 1005, 1006, 1015})
+# RFC 7230 token: the only subprotocol values echoed back to a client.
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_MAX_REASON_BYTES = 123
 _CONTEXT_KEY = "_h3_websocket_proxy"
 
 
-def _sendable(code: int | None, fallback: int) -> int:
-    if code is None or code in _UNSENDABLE_CLOSE_CODES or not (1000 <= code <= 4999):
-        return fallback
+class _UpstreamTimeout(Exception):
+    """The target resolver plus the upstream handshake took longer than ``connect_timeout``."""
+
+
+def _reason(reason: str | None) -> str:
+    """A close reason cut to the 123 UTF-8 bytes a close frame can carry."""
+    data = (reason or "").encode()
+    return data[:_MAX_REASON_BYTES].decode(errors="ignore")
+
+
+def _incoming_code(code: int | None) -> int:
+    """The upstream's close code as the client may receive it (crossws's remap)."""
+    if code is None or code == 1005:
+        return 1000  # a close frame without a code: a normal close
+    if code in (1006, 1015) or not (1000 <= code <= 4999) or code == 1004:
+        return 1011
     return code
 
 
-class _Link:
-    """One client connection's upstream: connecting, then relaying."""
+def _outgoing_code(code: int | None) -> int:
+    """The client's close code as it is sent upstream."""
+    if code is None or code == 1005:
+        return 1000
+    if code in (1004, 1006, 1015) or not (1000 <= code <= 4999):
+        return 1001  # the client went away without a usable code
+    return code
 
-    def __init__(self) -> None:
-        self.connecting: asyncio.Task[Any] | None = None
-        self.upstream: Any = None
-        self.pending: list[str | bytes] = []
-        self.pending_size = 0
-        self.ready = False
+
+def _protocol_list(value: Any) -> list[str]:
+    """Trimmed, non-empty, de-duplicated subprotocols (crossws ``_normalizeProtocols``)."""
+    if value is None or value is False:
+        return []
+    items = [value] if isinstance(value, str) else list(value)
+    seen: dict[str, None] = {}
+    for item in items:
+        if item is not None and str(item).strip():
+            seen[str(item).strip()] = None
+    return list(seen)
+
+
+class _Upstream:
+    """One client connection's upstream: dialling, buffering, then relaying."""
+
+    __slots__ = ("buffer", "buffered", "closed", "dialing", "offered", "ready", "relay", "socket")
+
+    def __init__(self, offered: list[str]) -> None:
+        self.offered = offered  # the client's subprotocols, in its order
+        self.dialing: asyncio.Task[Any] | None = None
+        self.socket: Any = None  # websockets ClientConnection once open
+        self.buffer: deque[str | bytes] = deque()
+        self.buffered = 0  # bytes in ``buffer``
+        self.ready = False  # buffer flushed: messages go straight upstream
         self.relay: asyncio.Task[None] | None = None
-        self.closed = False
+        self.closed = False  # the client side has closed
 
 
 class _WebSocketProxy:
@@ -62,30 +145,37 @@ class _WebSocketProxy:
 
     def __init__(
         self,
-        target: str | Callable[[Request], str],
+        target: ProxyTarget,
         *,
-        protocols: Iterable[str] | None,
-        headers: HeaderInput | None,
+        forward_protocol: ForwardProtocol,
+        headers: HeadersOption | None,
         forward_headers: Iterable[str] | None,
         filter_headers: Iterable[str] | None,
         xfwd: bool,
-        buffer_limit: int,
-        open_timeout: float,
+        max_buffer_size: int | None,
+        connect_timeout: float | None,
         max_message_size: int | None,
         guard: Guard | None,
         connect_options: Mapping[str, Any],
     ) -> None:
+        if isinstance(target, str) and urlsplit(target).scheme not in ("ws", "wss"):
+            raise ValueError(f"WebSocket proxy target must be a ws:// or wss:// URL: {target!r}")
         self.target = target
-        self.protocols = None if protocols is None else list(protocols)
+        self.forward_protocol = forward_protocol
         self.headers = headers
         self.forward_headers = forward_headers
         self.filter_headers = filter_headers
         self.xfwd = xfwd
-        self.buffer_limit = buffer_limit
-        self.open_timeout = open_timeout
+        self.max_buffer_size = max_buffer_size or 0  # 0: no limit
+        self.connect_timeout = connect_timeout or None  # 0/None: no timeout
         self.max_message_size = max_message_size
         self.guard = guard
         self.connect_options = dict(connect_options)
+        # Nothing needs the peer: the upstream can be dialled during the handshake
+        # and its subprotocol choice relayed to the client.
+        self.dial_in_upgrade = not (
+            callable(target) or callable(headers) or callable(forward_protocol)
+        )
 
     def hooks(self) -> dict[str, Callable[..., Any]]:
         return {
@@ -95,28 +185,63 @@ class _WebSocketProxy:
             "close": self.close,
         }
 
-    async def _connect(self, request: Request, offered: list[str]) -> Any:
+    # --- dialling -------------------------------------------------------------
+
+    async def _protocols(self, offered: list[str], peer: Peer | None) -> list[str]:
+        """What to offer upstream (crossws ``forwardProtocol``)."""
+        option = self.forward_protocol
+        if option is False:
+            return []
+        if callable(option):
+            return _protocol_list(await call_maybe_async(option, peer))
+        if isinstance(option, Mapping):
+            return _protocol_list([option.get(p, p) for p in offered])
+        if option is True:
+            return _protocol_list(offered)
+        return _protocol_list(option)  # a fixed subprotocol or list
+
+    async def _dial(self, request: Request, state: _Upstream, peer: Peer | None) -> Any:
+        if self.connect_timeout is None:
+            return await self._open_upstream(request, state, peer)
+        try:
+            return await asyncio.wait_for(
+                self._open_upstream(request, state, peer), self.connect_timeout
+            )
+        except asyncio.TimeoutError:
+            raise _UpstreamTimeout from None
+
+    async def _open_upstream(self, request: Request, state: _Upstream, peer: Peer | None) -> Any:
         connect: Any = importlib.import_module("websockets.asyncio.client").connect
-        target = self.target(request) if callable(self.target) else self.target
+        target = str(
+            await call_maybe_async(self.target, peer) if callable(self.target) else self.target
+        )
+        if urlsplit(target).scheme not in ("ws", "wss"):
+            raise ValueError("the target is not a ws:// or wss:// URL")
         forwarded = get_proxy_request_headers(
             request, forward_headers=self.forward_headers, filter_headers=self.filter_headers
         )
         if self.xfwd:
             forwarded = x_forwarded(forwarded, request)
-        forwarded = {k: v for k, v in forwarded.items() if k not in _WS_HANDSHAKE_HEADERS}
-        merged = merge_headers(forwarded, self.headers)
+        forwarded = {k: v for k, v in forwarded.items() if k not in _HANDSHAKE_HEADERS}
+        extra = (
+            await call_maybe_async(self.headers, peer) if callable(self.headers) else self.headers
+        )
+        merged = merge_headers(forwarded, extra)
+        protocols = await self._protocols(state.offered, peer)
         options: dict[str, Any] = {
             "additional_headers": list(merged.items()),
             "origin": request.headers.get("origin"),
             "user_agent_header": request.headers.get("user-agent"),
-            "subprotocols": (self.protocols if self.protocols is not None else offered) or None,
-            "open_timeout": self.open_timeout,
+            "subprotocols": protocols or None,
+            "open_timeout": None,  # ``connect_timeout`` bounds the whole dial
             "max_size": self.max_message_size,
             **self.connect_options,
         }
         if self.guard is None:
             return await connect(target, **options)
-        # Connect only to addresses the guard checked (no second DNS lookup).
+        # Connect only to addresses the guard checked (no second DNS lookup), and
+        # never through an HTTP proxy from the environment, which the guard cannot see.
+        options["proxy"] = None
         parts = urlsplit(target)
         port = parts.port or (443 if parts.scheme == "wss" else 80)
         addresses = await resolve_checked(self.guard, parts.hostname or "", port)
@@ -129,28 +254,54 @@ class _WebSocketProxy:
         assert error is not None
         raise error
 
+    def _accepted(self, offered: list[str], chosen: str | None) -> str | None:
+        """The client's token that stands for the subprotocol the upstream chose."""
+        if not chosen:
+            return None
+        if chosen in offered:
+            return chosen
+        option = self.forward_protocol
+        if isinstance(option, Mapping):
+            return next((p for p in offered if option.get(p, p) == chosen), None)
+        # A fixed offer upstream: the client gets its own first choice (crossws).
+        return offered[0]
+
+    # --- hooks ----------------------------------------------------------------
+
     async def upgrade(self, request: Any) -> dict[str, Any] | None:
-        offered = [str(p) for p in request.scope.get("subprotocols") or ()]
-        link = _Link()
-        request.context[_CONTEXT_KEY] = link
-        link.connecting = asyncio.get_running_loop().create_task(self._connect(request, offered))
-        if not offered:
-            return None  # accept now; messages wait in the buffer until the upstream opens
-        # The client asked for subprotocols: answer with the one the upstream chose.
-        await asyncio.wait({link.connecting})
-        if link.connecting.cancelled() or link.connecting.exception() is not None:
-            return None  # accepted, then closed 1011 in open()
-        chosen = link.connecting.result().subprotocol
-        return {"protocol": chosen} if chosen and chosen in offered else None
+        offered = [str(p) for p in request.scope.get("subprotocols") or () if _TOKEN.match(str(p))]
+        state = _Upstream(offered)
+        request.context[_CONTEXT_KEY] = state
+        if self.forward_protocol is False or not offered:
+            return None  # no subprotocol either side; dial once the peer is open
+        if not self.dial_in_upgrade:
+            # A target, headers or forward_protocol of the peer: dial in ``open``
+            # and, as crossws, accept the client's first offer.
+            return {"protocol": offered[0]}
+        state.dialing = asyncio.get_running_loop().create_task(self._dial(request, state, None))
+        await asyncio.wait({state.dialing})
+        if state.dialing.cancelled() or state.dialing.exception() is not None:
+            return None  # accepted, then closed 1011 by the relay
+        accepted = self._accepted(offered, state.dialing.result().subprotocol)
+        return {"protocol": accepted} if accepted else None
 
-    async def open(self, peer: Any) -> None:
-        link: _Link = peer.context[_CONTEXT_KEY]
-        link.relay = asyncio.get_running_loop().create_task(self._relay(peer, link))
+    async def open(self, peer: Peer) -> None:
+        state: _Upstream = peer.context[_CONTEXT_KEY]
+        if state.dialing is None:
+            dial = self._dial(peer.request, state, peer)
+            state.dialing = asyncio.get_running_loop().create_task(dial)
+        state.relay = asyncio.get_running_loop().create_task(self._relay(peer, state))
 
-    async def _relay(self, peer: Any, link: _Link) -> None:
-        assert link.connecting is not None
+    async def _relay(self, peer: Peer, state: _Upstream) -> None:
+        assert state.dialing is not None
         try:
-            upstream = await link.connecting
+            upstream = await state.dialing
+        except asyncio.CancelledError:
+            raise
+        except _UpstreamTimeout:
+            logger.warning("h3_fastapi: WebSocket proxy upstream did not open in time")
+            peer.close(1011, "Upstream connect timeout")
+            return
         except Exception as exc:
             # Never ``%r``: a rejected handshake's repr carries every upstream header.
             status = getattr(getattr(exc, "response", None), "status_code", None)
@@ -161,103 +312,140 @@ class _WebSocketProxy:
             )
             peer.close(1011, "Upstream unavailable")
             return
-        link.upstream = upstream
-        if link.closed:
+        state.socket = upstream
+        if state.closed:
             await upstream.close(1001, "")
             return
         try:
-            while link.pending:
-                data = link.pending.pop(0)
-                link.pending_size -= len(data)
+            while state.buffer:
+                data = state.buffer.popleft()
+                state.buffered -= _size(data)
                 await upstream.send(data)
-            link.ready = True
+            state.ready = True
             async for data in upstream:
                 await peer.send(data)
         except Exception as exc:
             logger.debug("h3_fastapi: WebSocket proxy relay ended: %r", exc)
         rcvd = upstream.protocol.close_rcvd
         if rcvd is not None:
-            peer.close(_sendable(rcvd.code, 1000), rcvd.reason)
+            peer.close(_incoming_code(rcvd.code), _reason(rcvd.reason))
         else:
             peer.close(1011, "Upstream connection lost")
 
-    async def message(self, peer: Any, message: Any) -> None:
-        link: _Link = peer.context[_CONTEXT_KEY]
+    async def message(self, peer: Peer, message: Any) -> None:
+        state: _Upstream = peer.context[_CONTEXT_KEY]
         data = message.raw_data
-        if link.ready:
+        if state.ready:
             try:
-                await link.upstream.send(data)
+                await state.socket.send(data)
             except Exception as exc:  # the upstream went away; the relay closes the peer
                 logger.debug("h3_fastapi: WebSocket proxy send failed: %r", exc)
             return
-        link.pending.append(data)
-        link.pending_size += len(data)
-        if link.pending_size > self.buffer_limit:
-            link.pending.clear()
-            link.pending_size = 0
-            peer.close(1009, "Too much data before the upstream opened")
-
-    async def close(self, peer: Any, details: Any) -> None:
-        link: _Link | None = peer.context.get(_CONTEXT_KEY)
-        if link is None:
+        size = _size(data)
+        if self.max_buffer_size and state.buffered + size > self.max_buffer_size:
+            state.buffer.clear()
+            state.buffered = 0
+            peer.close(1009, "Proxy buffer limit exceeded")
             return
-        link.closed = True
-        if link.connecting is not None and not link.connecting.done():
-            link.connecting.cancel()
-        upstream = link.upstream
-        if upstream is not None:
-            code = _sendable(details.code, 1000 if details.code == 1005 else 1001)
+        state.buffer.append(data)
+        state.buffered += size
+
+    async def close(self, peer: Peer, details: Any) -> None:
+        state: _Upstream | None = peer.context.get(_CONTEXT_KEY)
+        if state is None:
+            return
+        state.closed = True
+        if state.dialing is not None and not state.dialing.done():
+            state.dialing.cancel()
+        if state.socket is not None:
             try:
-                await upstream.close(code, details.reason or "")
+                await state.socket.close(_outgoing_code(details.code), _reason(details.reason))
             except Exception as exc:
                 logger.debug("h3_fastapi: WebSocket proxy upstream close failed: %r", exc)
-        relay = link.relay
+        relay = state.relay
         if relay is not None and not relay.done() and relay is not asyncio.current_task():
             relay.cancel()
             await asyncio.wait({relay})
 
 
+def _size(data: str | bytes) -> int:
+    """Bytes on the wire (a text frame is UTF-8)."""
+    return len(data.encode()) if isinstance(data, str) else len(data)
+
+
 def create_websocket_proxy(
-    target: str | Callable[[Request], str],
+    target: ProxyTarget,
     *,
-    protocols: Iterable[str] | None = None,
-    headers: HeaderInput | None = None,
+    forward_protocol: ForwardProtocol = True,
+    headers: HeadersOption | None = None,
+    max_buffer_size: int | None = DEFAULT_MAX_BUFFER_SIZE,
+    connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
     forward_headers: Iterable[str] | None = None,
     filter_headers: Iterable[str] | None = None,
     xfwd: bool = False,
-    buffer_limit: int = DEFAULT_WS_BUFFER_LIMIT,
-    open_timeout: float = 10.0,
     max_message_size: int | None = 16 * 1024 * 1024,
     allow_hosts: Iterable[str] | str | None = None,
     deny_private: bool = False,
+    protocols: Iterable[str] | None = None,
+    buffer_limit: int | None = None,
+    open_timeout: float | None = None,
     **connect_options: Any,
 ) -> dict[str, Callable[..., Any]]:
     """Hooks that relay each WebSocket client to its own connection to ``target``.
 
-    ``target`` is a ``ws://``/``wss://`` URL (or ``request -> URL``). Text
-    and binary messages go both ways; a close code and reason from either
-    side is passed to the other. The subprotocols the client offers (or
-    ``protocols``) are offered upstream and the one the upstream picks is
-    accepted. Filtered client headers (cookies, authorization) are forwarded
-    as in ``proxy_request``; ``headers`` adds or (with ``None``) removes.
+    Use with ``define_websocket_handler(create_websocket_proxy(url))`` or
+    ``H3Router.ws(path, create_websocket_proxy(url))``. Text and binary messages
+    go both ways; a close code and reason from either side reach the other.
+    Needs the ``websockets`` package. Options as crossws's ``createWebSocketProxy``:
 
-    The client is accepted before the upstream opens (unless it asked for a
-    subprotocol): what it sends meanwhile is buffered up to ``buffer_limit``
-    bytes, then it is closed 1009. An upstream that cannot be reached closes
-    the client 1011. Extra keywords go to ``websockets.connect``. Needs the
-    ``websockets`` package.
+    - ``target``: a ``ws://``/``wss://`` URL, or a function of the ``Peer``
+      (sync or async) returning one.
+    - ``forward_protocol``: which subprotocols are offered upstream. ``True``
+      (default) the client's, in its order; ``False`` none (and none is accepted
+      from the client); a string or list: those, whatever the client asked; a
+      mapping: the client's with each key replaced by its value; a function of
+      the ``Peer`` (sync or async) returning a string, a list or ``None``.
+      The client is always answered with one of its own offers: when nothing
+      depends on the peer, the one standing for the upstream's choice (none if
+      the upstream chose none); otherwise, as crossws, its first offer.
+    - ``headers``: extra upstream handshake headers (a ``None`` value removes
+      one), or a function of the ``Peer`` returning them. They overlay the
+      client's filtered headers (cookies, authorization), forwarded as in
+      ``proxy_request`` with ``forward_headers``, ``filter_headers``, ``xfwd``.
+    - ``max_buffer_size``: bytes a client may send before the upstream is open
+      (1 MiB); past it the client is closed ``1009``. ``0`` or ``None``: no limit.
+    - ``connect_timeout``: seconds for the target function plus the upstream
+      handshake (10); past it the client is closed ``1011`` "Upstream connect
+      timeout". ``0`` or ``None``: no timeout. An unreachable or refusing
+      upstream closes the client ``1011`` "Upstream unavailable".
 
-    Use with ``define_websocket_handler(create_websocket_proxy(url))``.
+    ``allow_hosts``/``deny_private`` guard the upstream address as in ``proxy``;
+    ``max_message_size`` bounds one upstream message; other keywords go to
+    ``websockets.connect``. ``protocols``, ``buffer_limit`` and ``open_timeout``
+    are the older names of ``forward_protocol`` (a fixed list),
+    ``max_buffer_size`` and ``connect_timeout``.
     """
+    if protocols is not None:
+        if forward_protocol is not True:
+            raise TypeError("pass forward_protocol or its older name protocols, not both")
+        forward_protocol = list(protocols)
+    if buffer_limit is not None:
+        if max_buffer_size != DEFAULT_MAX_BUFFER_SIZE:
+            raise TypeError("pass max_buffer_size or its older name buffer_limit, not both")
+        max_buffer_size = buffer_limit
+    if open_timeout is not None:
+        if connect_timeout != DEFAULT_CONNECT_TIMEOUT:
+            raise TypeError("pass connect_timeout or its older name open_timeout, not both")
+        connect_timeout = open_timeout
     proxy_hooks = _WebSocketProxy(
         target,
-        protocols=protocols,
+        forward_protocol=forward_protocol,
         headers=headers,
         forward_headers=forward_headers,
         filter_headers=filter_headers,
         xfwd=xfwd,
-        buffer_limit=buffer_limit,
-        open_timeout=open_timeout,
+        max_buffer_size=max_buffer_size,
+        connect_timeout=connect_timeout,
         max_message_size=max_message_size,
         guard=make_guard(allow_hosts, deny_private),
         connect_options=connect_options,

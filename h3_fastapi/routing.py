@@ -25,6 +25,7 @@ from . import _shutdown
 from . import pubsub as pubsub_module
 from ._hooks import call_maybe_async
 from ._responses import to_response
+from ._server_headers import DefaultHeaders
 from .pubsub import PubSub
 from .websocket import HOOK_NAMES, WebSocketHandler, define_websocket_handler
 
@@ -284,6 +285,14 @@ class Server:
 
     def __init__(self, app: Any, host: str, port: int, options: dict[str, Any]) -> None:
         options.setdefault("log_level", "info")
+        if not isinstance(app, str):
+            # One Date and one Server per response: uvicorn would add its own next
+            # to a proxied upstream's, so it adds none and the wrapper fills in
+            # only what a response lacks ("module:app" strings are left to uvicorn).
+            server = "uvicorn" if options.pop("server_header", True) else None
+            date = bool(options.pop("date_header", True))
+            app = DefaultHeaders(app, date=date, server=server)
+            options.update(server_header=False, date_header=False)
         self.config = uvicorn.Config(app, host=host, port=port, **options)
         self.host = host
         self.port = port
@@ -350,6 +359,11 @@ def serve(
     Inside a running event loop it starts in the background and returns a
     ``Server`` (``await server.ready()``). From a plain script (no running
     loop) it blocks until the server stops.
+
+    Every response carries one ``Date`` and one ``Server: uvicorn``, added only
+    where the app (or a proxied upstream) set none; uvicorn's own, which it adds
+    unconditionally, are turned off. ``server_header=False`` /
+    ``date_header=False`` leave them out.
     """
     server = Server(app, host, port, uvicorn_options)
     if block is None:
