@@ -139,7 +139,10 @@ run_fast_tier() {
     local name=$1 venv=$2
     echo "python-matrix: [$name] $("$venv/bin/python" -V), fast tier"
     "$venv/bin/python" -c 'import h3_fastapi' || return 1 # installs and imports cleanly
-    "$venv/bin/python" -m pytest -q -p no:cacheprovider -n 4 -m "$FAST_TIER"
+    # The docs site is built on the default Python only (`make docs`): on 3.10 pip
+    # resolves mkdocstrings 1.0.6 with pymdown-extensions 12, which cannot build it.
+    "$venv/bin/python" -m pytest -q -p no:cacheprovider -n 4 -m "$FAST_TIER" \
+        --deselect tests/test_docs.py::test_mkdocs_build_strict_has_the_chinese_site
 }
 
 targets=("$@")
