@@ -448,7 +448,7 @@ async def test_ws_auth_in_upgrade(live_server: Any) -> None:
     assert (await rejected(url + "?token=wrong")).response.status_code == 401
     forbidden = await rejected(url + "?token=bob-token&room=admins")
     assert forbidden.response.status_code == 403
-    assert forbidden.response.body == b"Admins only"
+    assert json.loads(forbidden.response.body) == {"detail": "Admins only"}
     async with websockets.connect(url + "?token=alice-token&room=admins") as ws:
         assert await recv(ws) == "Hello, alice! You are in admins."
     headers = {"cookie": "token=bob-token"}
