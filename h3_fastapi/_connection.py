@@ -28,9 +28,9 @@ from ._compat import Written, spawn, uncancel
 from ._hooks import Hooks, call_in_thread, logger
 from ._outbox import Outbox
 from ._rejection import deny, exception_response
+from ._websocket_view import PeerWebSocket
 from .message import Message
 from .peer import CloseDetails, Peer
-from ._websocket_view import PeerWebSocket
 from .pubsub import DONE, Outgoing, PubSub
 
 if TYPE_CHECKING:

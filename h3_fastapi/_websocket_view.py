@@ -37,7 +37,7 @@ class PeerWebSocket(WebSocket):
     # --- WHATWG-like view (crossws ``peer.websocket``) ---------------------------
 
     @property
-    def readyState(self) -> int:  # noqa: N802 - the WHATWG name
+    def readyState(self) -> int:
         """0 connecting, 1 open, 2 closing, 3 closed."""
         return self._connection.ready_state()
 
@@ -54,18 +54,21 @@ class PeerWebSocket(WebSocket):
 
     @property
     def extensions(self) -> str:
-        """The client's ``Sec-WebSocket-Extensions`` (ASGI servers do not report what they agreed)."""
+        """The client's ``Sec-WebSocket-Extensions``; ``""`` when none.
+
+        ASGI servers do not report what they negotiated, so this is what was asked.
+        """
         return self.headers.get("sec-websocket-extensions", "")
 
     @property
-    def bufferedAmount(self) -> int:  # noqa: N802 - the WHATWG name
+    def bufferedAmount(self) -> int:
         """Bytes queued for the peer and not yet handed to the server."""
         return self._connection.buffered
 
     buffered_amount = bufferedAmount
 
     @property
-    def binaryType(self) -> str:  # noqa: N802 - the WHATWG name
+    def binaryType(self) -> str:
         """Always ``"arraybuffer"``: binary frames arrive as ``bytes``."""
         return "arraybuffer"
 
@@ -74,13 +77,15 @@ class PeerWebSocket(WebSocket):
     # --- Starlette ``WebSocket`` over the peer's outbox ---------------------------
 
     async def send(self, message: ASGIMessage) -> None:
-        """``websocket.send`` is queued on the peer's outbox; ``websocket.close`` closes the peer."""
+        """``websocket.send`` goes to the peer's outbox; ``websocket.close`` closes the peer."""
         kind = message["type"]
         if kind == "websocket.send":
-            if self.application_state is not WebSocketState.CONNECTED or not self._connection.is_open:
+            connection = self._connection
+            if self.application_state is not WebSocketState.CONNECTED or not connection.is_open:
                 raise RuntimeError('Cannot call "send" once the peer is closing or closed.')
             text = message.get("text")
-            await self._connection.peer.send(text if text is not None else message.get("bytes") or b"")
+            data = text if text is not None else message.get("bytes") or b""
+            await connection.peer.send(data)
         elif kind == "websocket.close":
             self.application_state = WebSocketState.DISCONNECTED
             self._connection.close(int(message.get("code", 1000)), message.get("reason") or "")

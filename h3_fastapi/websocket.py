@@ -13,8 +13,8 @@ finish. Plain ``def`` hooks run in the threadpool unless ``sync_hooks="loop"``.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
+import re
 from collections.abc import Awaitable, Callable, Generator, Iterable, KeysView, Mapping
 from typing import Any
 
@@ -34,7 +34,6 @@ from ._hooks import (
     WSError,
     call_in_thread,
     call_maybe_async,
-    logger,
 )
 from ._rejection import deny, install_quiet_denials, rejection_for
 from ._responses import exception_to_response, to_response
@@ -53,6 +52,9 @@ __all__ = [
 ]
 
 HooksSource = Any  # dict | object with hook methods | class | factory(request)
+
+_PARAM = re.compile(r"{([^}:]+)(?::[^}]*)?}")
+_PATH_PARAM = _PARAM
 
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 DEFAULT_SEND_BUFFER_LIMIT = 4 * 1024 * 1024
@@ -206,6 +208,9 @@ class WebSocketHandler:
         )
         self.namespace = namespace
         self._peers = PeerTable()
+        # Route path patterns this handler serves: as registered (router prefix
+        # included), then as reached (app prefixes and mounts included).
+        self._patterns: list[str] = []
         install_quiet_denials()
         # FastAPI reads the endpoint's signature to inject the WebSocket.
         self.__signature__ = _WEBSOCKET_SIGNATURE
@@ -221,6 +226,43 @@ class WebSocketHandler:
         Safe from any thread, including plain ``def`` FastAPI endpoints.
         """
         return self._pubsub().publish(topic, data, namespace=namespace)
+
+    def namespace_for(self, route: str | None = None, /, **path_params: Any) -> str:
+        """The namespace of this handler's route with ``path_params`` filled in.
+
+        ``handler.namespace_for(room="blue")`` is ``"/v1/rooms/blue"`` for a route
+        ``/rooms/{room}`` under the prefix ``/v1``: use it for
+        ``publish(..., namespace=)``. Prefixes of ``include_router`` and mounts
+        are known once the route has been reached in this process; before that,
+        the path as registered on its router is used. A handler served at
+        several patterns takes the one whose parameters are exactly those
+        given; ``route`` (the pattern or a suffix of it, ``"/rooms/{room}"``)
+        picks one when that is ambiguous.
+        """
+        names = set(path_params)
+        candidates = [
+            p
+            for p in self._patterns
+            if set(_PARAM.findall(p)) == names and (route is None or p.endswith(route))
+        ]
+        if not candidates:
+            raise ValueError(
+                f"no route of this handler takes exactly {sorted(names)}"
+                f" (routes: {self._patterns or 'none registered'})"
+            )
+        # The last learned pattern of each registered one is its full form.
+        full = [p for p in candidates if not any(q != p and q.endswith(p) for q in candidates)]
+        if len(full) > 1:
+            raise ValueError(f"several routes match, name one with route=: {full}")
+        return _PATH_PARAM.sub(lambda m: str(path_params[m.group(1)]), full[0])
+
+    def _learn_pattern(self, scope: Mapping[str, Any]) -> None:
+        route = scope.get("route")
+        fmt = getattr(route, "path_format", None)
+        if fmt:
+            pattern = scope.get("root_path", "").rstrip("/") + fmt
+            if pattern not in self._patterns:
+                self._patterns.append(pattern)
 
     def close_all(self, code: int = 1001, reason: str = "") -> Awaitable[None]:
         """Close every open peer of this handler (crossws ``ws.close()``).
@@ -297,6 +339,8 @@ class WebSocketHandler:
         if not self._peers.reserve(self.max_peers):
             await deny(scope, send, PlainTextResponse("Too many connections", status_code=503))
             return
+        if "route" in scope:
+            self._learn_pattern(scope)
         connection = None
         try:
             hooks, upgrade, websocket = await self._upgrade(request, receive, send, websocket)
