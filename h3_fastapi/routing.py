@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import inspect
+import typing
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -80,7 +81,9 @@ def _is_event_stream(endpoint: Callable[..., Any], response_class: Any) -> bool:
         return True
     try:
         returned = inspect.signature(endpoint).return_annotation
-    except (TypeError, ValueError):
+        if isinstance(returned, str):  # ``from __future__ import annotations``
+            returned = typing.get_type_hints(endpoint).get("return")
+    except Exception:  # no signature, or an annotation that cannot be resolved
         return False
     return isinstance(returned, type) and issubclass(returned, EventStream)
 
