@@ -25,9 +25,10 @@ from starlette.types import Receive, Send
 
 from . import _shutdown
 from ._compat import Written, spawn, uncancel
-from ._hooks import Hooks, logger
+from ._hooks import Hooks, call_in_thread, logger
 from ._outbox import Outbox
-from ._responses import exception_to_response
+from ._rejection import deny, exception_response
+from ._websocket_view import PeerWebSocket
 from .message import Message
 from .peer import CloseDetails, Peer
 from .pubsub import DONE, Outgoing, PubSub
@@ -99,7 +100,7 @@ def upgrade_result(outcome: Any) -> Upgrade:
     if isinstance(outcome, Response):
         return Upgrade(rejection=outcome)
     if isinstance(outcome, BaseException):
-        rejection = exception_to_response(outcome)
+        rejection = exception_response(outcome)
         if rejection is None:
             logger.error("h3_fastapi: WebSocket upgrade hook raised", exc_info=outcome)
             rejection = PlainTextResponse("Internal Server Error", status_code=500)
@@ -128,27 +129,6 @@ def _header_pairs(headers: Any) -> list[tuple[bytes, bytes]] | None:
     else:
         items = headers
     return [(str(k).lower().encode("latin-1"), str(v).encode("latin-1")) for k, v in items]
-
-
-async def deny(scope: Mapping[str, Any], send: Send, response: Response) -> None:
-    """Reject a handshake with an HTTP response (ASGI websocket denial response).
-
-    Servers without the extension can only refuse: the client then sees 403.
-    """
-    if "websocket.http.response" in scope.get("extensions", {}):
-        body = getattr(response, "body", b"") or b""
-        headers = [(k, v) for k, v in response.raw_headers if k != b"content-length"]
-        headers.append((b"content-length", str(len(body)).encode()))
-        await send(
-            {
-                "type": "websocket.http.response.start",
-                "status": response.status_code,
-                "headers": headers,
-            }
-        )
-        await send({"type": "websocket.http.response.body", "body": body, "more_body": False})
-    else:
-        await send({"type": "websocket.close", "code": 1008, "reason": ""})
 
 
 class PeerTable:
@@ -231,12 +211,16 @@ class _Connection(Outbox[Outgoing]):
         "close_details",
         "close_request",
         "close_timer",
+        "drain_armed",
+        "drain_at",
         "hooks",
         "in_receive",
+        "in_thread",
         "main",
         "max_message_size",
         "peer",
         "peers",
+        "protocol",
         "pubsub",
         "reader",
         "receive",
@@ -260,15 +244,22 @@ class _Connection(Outbox[Outgoing]):
         send_buffer_limit: int,
         max_message_size: int | None,
         websocket: WebSocket | None,
+        protocol: str | None = None,
+        drain_threshold: int | None = None,
     ) -> None:
         super().__init__(send_buffer_limit, asyncio.get_running_loop())
         self.receive = receive
         self.send = send
         self.websocket = websocket
         self.hooks = hooks
+        self.in_thread = "message" in hooks.threaded
         self.peers = peers
         self.pubsub = pubsub
         self.max_message_size = max_message_size
+        self.protocol = protocol
+        # The ``drain`` hook fires when the buffer empties after reaching ``drain_at`` bytes.
+        self.drain_at = drain_threshold if hooks.drain is not None else None
+        self.drain_armed = False
         self.state = _OPEN
         self.close_request: tuple[int, str] | None = None
         self.close_timer: asyncio.TimerHandle | None = None
@@ -354,10 +345,13 @@ class _Connection(Outbox[Outgoing]):
         on_message = self.hooks.message
         if on_message is None:
             return None
+        message = Message(data, self.peer, event)
+        if self.in_thread:  # a ``def`` hook: in the threadpool, awaited by the reader
+            return call_in_thread(on_message, self.peer, message)
         # A sync hook's sends need no wake-up: the reader flushes right after it.
         self._hold_wake = True
         try:
-            result = on_message(self.peer, Message(data, self.peer))
+            result = on_message(self.peer, message)
         except Exception as exc:
             return self.hooks.failed(self.peer, "message", exc)
         finally:
@@ -417,6 +411,9 @@ class _Connection(Outbox[Outgoing]):
     def _after_write(self) -> None:
         if self.state is not _OPEN:
             self.wake_writer()
+        elif self.drain_armed and self._buffered < self.drain_at:  # type: ignore[operator]
+            self.drain_armed = False
+            spawn(self.hooks.call("drain", self.peer), what="WebSocket drain hook")
 
     def _may_write_here(self) -> bool:
         task = asyncio.current_task()
@@ -440,14 +437,19 @@ class _Connection(Outbox[Outgoing]):
         """Neither closing nor closed."""
         return self.state is _OPEN
 
-    def starlette_websocket(self) -> WebSocket:
-        """The Starlette ``WebSocket`` of this connection, made on first use."""
-        if self.websocket is None:
-            from starlette.websockets import WebSocket
+    def starlette_websocket(self) -> PeerWebSocket:
+        """The peer's accepted Starlette ``WebSocket`` with the WHATWG view, made on first use."""
+        view = self.websocket
+        if not isinstance(view, PeerWebSocket):
+            scope = view.scope if view is not None else dict(self.peer.request.scope)
+            scope = dict(scope, type="websocket")
+            scope["scheme"] = "wss" if scope.get("scheme") in ("https", "wss") else "ws"
+            view = self.websocket = PeerWebSocket(self, scope)
+        return view
 
-            scope = dict(self.peer.request.scope, type="websocket")
-            self.websocket = WebSocket(scope, self.receive, self.send)
-        return self.websocket
+    def ready_state(self) -> int:
+        """The WHATWG ``readyState``: 1 open, 2 closing, 3 closed."""
+        return self.state.value + 1
 
     def subscribed(self) -> set[str]:
         """The topics of this peer (the set is made on first use)."""
@@ -459,7 +461,10 @@ class _Connection(Outbox[Outgoing]):
         """Queue an encoded frame unless closing; any thread."""
         if self.state is not _OPEN:
             return DONE
-        return self.put(outgoing, outgoing.size)
+        written = self.put(outgoing, outgoing.size)
+        if self.drain_at is not None and self._buffered >= self.drain_at:
+            self.drain_armed = True
+        return written
 
     def subscribe(self, topic: str) -> None:
         """Receive publishes to ``topic``."""

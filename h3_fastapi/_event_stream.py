@@ -221,6 +221,7 @@ class EventStream(Response):
         self._started = False
         self._writer = _StreamWriter(max_buffer, self._abort)
         self._callbacks: list[Callable[[], Any]] = []
+        self._callbacks_run: asyncio.Future[Any] | None = None  # the on_closed callbacks running
         self._done: asyncio.Future[None] | None = None
         self._aborting = False
         self._last_write = 0.0
@@ -475,7 +476,7 @@ class EventStream(Response):
                 return
         elif self._writer.hop(self._run_callbacks, callbacks):
             return
-        spawn(_call_all(callbacks), what="event stream on_closed callbacks")
+        self._callbacks_run = spawn(_call_all(callbacks), what="event stream on_closed callbacks")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._started:
@@ -486,7 +487,6 @@ class EventStream(Response):
         self._writer.bind(loop)
         self._task = asyncio.current_task()
         self._done = loop.create_future()
-        completed = False
         try:
             await send(
                 {
@@ -499,12 +499,13 @@ class EventStream(Response):
             if scope.get("method") == "HEAD" or self._state is _CLOSED:
                 # Headers only (HEAD), or ended before it was sent (overflow).
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
-                completed = True
             else:
-                completed = await self._stream(receive, send, loop)
+                await self._stream(receive, send, loop)
         except asyncio.CancelledError:
             if not self._aborting:
                 self._finish()
+                if self.background is not None:  # cancelled: run them beside, not here
+                    spawn(self._run_background(), what="event stream background tasks")
                 raise
             self._aborting = False
             uncancel()
@@ -515,8 +516,22 @@ class EventStream(Response):
             listener = self._listener
             if listener is not None and not listener.done():
                 listener.cancel()
-        if completed and self.background is not None:
-            await self.background()
+        # However the stream ended (client gone, close, shutdown), as StreamingResponse does.
+        if self.background is not None:
+            await self._run_background()
+
+    async def _run_background(self) -> None:
+        """Run the response's ``background`` tasks once, after the ``on_closed`` callbacks."""
+        background, self.background = self.background, None
+        if background is None:
+            return
+        callbacks = self._callbacks_run
+        if callbacks is not None and not callbacks.done():
+            await asyncio.wait({callbacks})
+        try:
+            await background()
+        except Exception:
+            logger.exception("h3_fastapi: event stream background task raised")
 
     async def _stream(self, receive: Receive, send: Send, loop: asyncio.AbstractEventLoop) -> bool:
         """Start the helpers (listener, heartbeat, generator) and write until closed."""

@@ -3,27 +3,50 @@
 Hooks may be plain functions or coroutines; either way they are called the
 same way here, and an exception is turned into a ``WSError`` for the ``error``
 hook (or logged) instead of tearing down other connections.
+
+Where a hook runs: an ``async def`` hook on the event loop; a plain ``def``
+hook in the threadpool (``anyio.to_thread``, as FastAPI runs ``def``
+endpoints), awaited by the connection's reader so one peer's hooks still run
+one at a time and in order; with ``sync_hooks="loop"`` a ``def`` hook runs
+on the loop too (fastest, but a blocking hook stalls every connection).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from ._typing import hook_error, typed_message_hook
+from anyio import to_thread
+
+from ._typing import hook_error, is_async_callable, typed_message_hook
 
 if TYPE_CHECKING:
     from .peer import Peer
 
 logger = logging.getLogger("h3_fastapi")
 
-__all__ = ["HOOK_NAMES", "Hook", "Hooks", "WSError", "call_maybe_async", "logger", "run_callback"]
+__all__ = [
+    "HOOK_NAMES",
+    "Hook",
+    "Hooks",
+    "SyncHooks",
+    "WSError",
+    "call_in_thread",
+    "call_maybe_async",
+    "logger",
+    "run_callback",
+]
 
-HOOK_NAMES = ("upgrade", "open", "message", "close", "error")
+HOOK_NAMES = ("upgrade", "open", "message", "close", "error", "drain")
 
 Hook = Callable[..., Any]
+
+# Where plain ``def`` hooks run: the threadpool (default, as FastAPI) or the event loop.
+SyncHooks = Literal["threadpool", "loop"]
+SYNC_HOOKS_VALUES = ("threadpool", "loop")
 
 
 class WSError(Exception):
@@ -41,6 +64,18 @@ async def call_maybe_async(func: Callable[..., Any], *args: Any) -> Any:
     return result
 
 
+async def call_in_thread(func: Callable[..., Any], *args: Any) -> Any:
+    """Call a sync ``func`` in the threadpool; await what it returns when awaitable.
+
+    A ``def`` hook that returns a coroutine (``lambda peer: coro(peer)``) has
+    that coroutine awaited on the loop.
+    """
+    result = await to_thread.run_sync(functools.partial(func, *args))
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
 async def run_callback(func: Callable[..., Any], *args: Any, what: str) -> None:
     """Run a callback whose errors must never propagate; log them instead."""
     try:
@@ -52,15 +87,24 @@ async def run_callback(func: Callable[..., Any], *args: Any, what: str) -> None:
 class Hooks:
     """The resolved hooks of one connection (``None`` where not given), and how to call them."""
 
-    __slots__ = HOOK_NAMES
+    __slots__ = (*HOOK_NAMES, "threaded")
 
     upgrade: Hook | None
     open: Hook | None
     message: Hook | None
     close: Hook | None
     error: Hook | None
+    drain: Hook | None
+    # Names of the given hooks that are plain ``def`` and run in the threadpool.
+    threaded: frozenset[str]
 
-    def __init__(self, source: Any, overrides: Mapping[str, Hook | None]) -> None:
+    def __init__(
+        self,
+        source: Any,
+        overrides: Mapping[str, Hook | None],
+        sync_hooks: SyncHooks = "threadpool",
+    ) -> None:
+        threaded: set[str] = set()
         for name in HOOK_NAMES:
             if isinstance(source, Mapping):
                 hook = source.get(name)
@@ -73,7 +117,14 @@ class Hooks:
                 raise TypeError(f"WebSocket hook {name!r} must be callable, got {hook!r}")
             if name == "message":  # a typed hook validates first (_typing.py)
                 hook = typed_message_hook(hook)
+            if hook is not None and sync_hooks == "threadpool" and not is_async_callable(hook):
+                threaded.add(name)
             setattr(self, name, hook)
+        self.threaded = frozenset(threaded)
+
+    def caller(self, name: str) -> Callable[..., Any]:
+        """How to run hook ``name``: ``call_in_thread`` or ``call_maybe_async``."""
+        return call_in_thread if name in self.threaded else call_maybe_async
 
     async def call(self, name: str, peer: Peer, *args: Any) -> None:
         """Run hook ``name`` with ``(peer, *args)``; an exception goes to ``failed``."""
@@ -81,7 +132,10 @@ class Hooks:
         if hook is None:
             return
         try:
-            await call_maybe_async(hook, peer, *args)
+            if name in self.threaded:
+                await call_in_thread(hook, peer, *args)
+            else:
+                await call_maybe_async(hook, peer, *args)
         except Exception as exc:
             await self.failed(peer, name, exc)
 
@@ -98,7 +152,7 @@ class Hooks:
         error.__cause__ = cause
         if self.error is not None:
             try:
-                await call_maybe_async(self.error, peer, error)
+                await self.caller("error")(self.error, peer, error)
             except Exception:
                 logger.exception("h3_fastapi: error hook raised")
         else:

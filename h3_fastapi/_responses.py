@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.exceptions import HTTPException
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
 
+from ._rejection import exception_response as exception_to_response
 from ._serialize import to_json_text
 
 __all__ = ["exception_to_response", "to_response"]
@@ -25,17 +25,3 @@ def to_response(value: Any) -> Response:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return Response(bytes(value), media_type="application/octet-stream")
     return Response(to_json_text(value), media_type="application/json")
-
-
-def exception_to_response(exc: BaseException) -> Response | None:
-    """The response an ``HTTPException`` (or a raised ``Response``) stands for, else ``None``."""
-    if isinstance(exc, HTTPException):
-        headers = dict(exc.headers or {})
-        detail: Any = exc.detail
-        if isinstance(detail, str):
-            return PlainTextResponse(detail, status_code=exc.status_code, headers=headers)
-        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=headers)
-    response = getattr(exc, "response", None)
-    if isinstance(response, Response):
-        return response
-    return None

@@ -33,6 +33,7 @@ __all__ = [
     "InvalidMessage",
     "hook_error",
     "hooks_message_type",
+    "is_async_callable",
     "message_type_of",
     "server_sent_event_fields",
     "stream_item_type",
@@ -159,10 +160,16 @@ def message_type_of(hook: Any, *, unbound: bool = False) -> Any | None:
     return None if found is _UNTYPED else found
 
 
-def _is_async(hook: Any) -> bool:
+def is_async_callable(hook: Any) -> bool:
+    """``async def`` (a function, bound method, partial of one, or an object's ``__call__``)."""
+    while isinstance(hook, functools.partial):
+        hook = hook.func
     return inspect.iscoroutinefunction(hook) or inspect.iscoroutinefunction(
         getattr(hook, "__call__", None)  # noqa: B004 - an object's async __call__
     )
+
+
+_is_async = is_async_callable
 
 
 def typed_message_hook(hook: Any) -> Any:

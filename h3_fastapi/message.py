@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._typing import type_adapter
@@ -23,11 +24,18 @@ class Message:
     ``ValueError`` for invalid JSON so a handler can answer instead of crashing.
     """
 
-    __slots__ = ("_id", "_text", "peer", "raw_data")
+    __slots__ = ("_id", "_text", "event", "peer", "raw_data")
 
-    def __init__(self, raw_data: str | bytes, peer: Peer | None = None) -> None:
+    def __init__(
+        self,
+        raw_data: str | bytes,
+        peer: Peer | None = None,
+        event: Mapping[str, Any] | None = None,
+    ) -> None:
         self.raw_data: str | bytes = raw_data
         self.peer = peer
+        # The ASGI ``websocket.receive`` event the frame came in (crossws ``message.event``).
+        self.event = event
         self._id: str | None = None
         self._text: str | None = None
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import inspect
+import typing
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -23,13 +24,14 @@ from starlette.types import ASGIApp
 
 from . import _shutdown
 from . import pubsub as pubsub_module
+from ._event_stream import EventStream
 from ._hooks import call_maybe_async
 from ._responses import to_response
 from ._server_headers import DefaultHeaders
 from .pubsub import PubSub
 from .websocket import HOOK_NAMES, WebSocketHandler, define_websocket_handler
 
-__all__ = ["H3", "H3Router", "Server", "serve"]
+__all__ = ["H3", "H3Router", "Server", "serve", "ws_max_size"]
 
 _HOOK_NAMES = frozenset(HOOK_NAMES)
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -55,6 +57,9 @@ def _add_websocket(
     if handler.pubsub is None and pubsub is not None:
         handler.pubsub = pubsub
     router.add_api_websocket_route(path, handler, name=name, dependencies=dependencies)
+    pattern = getattr(router, "prefix", "") + path
+    if pattern not in handler._patterns:
+        handler._patterns.append(pattern)
 
     async def upgrade_required(request: Request) -> Response:
         return await handler.http_response(request)
@@ -67,6 +72,90 @@ def _add_websocket(
         name=f"{name}_http" if name else None,
     )
     _handlers(router).append(handler)
+
+
+def _is_event_stream(endpoint: Callable[..., Any], response_class: Any) -> bool:
+    """An ``@event_stream`` endpoint, ``response_class=EventStream`` or ``-> EventStream``."""
+    if hasattr(endpoint, "__h3_stream_item__"):
+        return True
+    if isinstance(response_class, type) and issubclass(response_class, EventStream):
+        return True
+    try:
+        returned = inspect.signature(endpoint).return_annotation
+        if isinstance(returned, str):  # ``from __future__ import annotations``
+            returned = typing.get_type_hints(endpoint).get("return")
+    except Exception:  # no signature, or an annotation that cannot be resolved
+        return False
+    return isinstance(returned, type) and issubclass(returned, EventStream)
+
+
+def _add_head_route(
+    add: Callable[..., Any], path: str, endpoint: Callable[..., Any], kwargs: dict[str, Any]
+) -> None:
+    """Answer ``HEAD`` from the GET route (h3 does): the same endpoint, not in the schema.
+
+    A separate route keeps the OpenAPI document free of duplicate operations;
+    the server sends the GET's status and headers without a body.
+    """
+    options = dict(kwargs, methods=["HEAD"], include_in_schema=False)
+    if options.get("name"):
+        options["name"] = f"{options['name']}_head"
+    options.pop("operation_id", None)
+    add(path, endpoint, **options)
+
+
+class _HeadForGet:
+    """``add_api_route`` that also answers HEAD for GET routes (all, or event streams only)."""
+
+    _head_for_every_get = False
+
+    def add_api_route(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().add_api_route(path, endpoint, **kwargs)  # type: ignore[misc]
+        methods = {m.upper() for m in kwargs.get("methods") or ["GET"]}
+        if "GET" in methods and "HEAD" not in methods:
+            if self._head_for_every_get or _is_event_stream(endpoint, kwargs.get("response_class")):
+                _add_head_route(super().add_api_route, path, endpoint, kwargs)  # type: ignore[misc]
+
+
+class _H3AppRouter(_HeadForGet, APIRouter):
+    """The router of an ``H3`` app: every GET route answers HEAD, as in h3."""
+
+    _head_for_every_get = True
+
+
+def ws_max_size(app: Any) -> int | None:
+    """The largest ``max_message_size`` of the WebSocket handlers registered on ``app``.
+
+    ``app`` is an ``H3``, an ``H3Router``, or a FastAPI app with H3Routers
+    included. ``None`` when a handler has no limit or none is found. Give it to
+    the server (uvicorn ``ws_max_size``) so it refuses an oversized message
+    while its fragments arrive, before assembling it in memory.
+    """
+    handlers: dict[int, WebSocketHandler] = {}
+    seen: set[int] = set()
+
+    def walk(router: Any) -> None:
+        if router is None or id(router) in seen:
+            return
+        seen.add(id(router))
+        for handler in _handlers(router):
+            handlers[id(handler)] = handler
+        for route in getattr(router, "routes", ()):
+            endpoint = getattr(route, "endpoint", None)
+            if isinstance(endpoint, WebSocketHandler):
+                handlers[id(endpoint)] = endpoint
+            # An included router (FastAPI keeps it as is) or a mounted app.
+            walk(getattr(route, "original_router", None))
+            walk(getattr(route, "app", None))
+        walk(getattr(router, "router", None))
+        for included in getattr(router, "_h3_included", ()):
+            walk(included)
+
+    walk(app)
+    sizes = [h.max_message_size for h in handlers.values()]
+    if not sizes or any(size is None for size in sizes):
+        return None
+    return max(size for size in sizes if size is not None)
 
 
 def _handlers(router: Any) -> list[WebSocketHandler]:
@@ -96,17 +185,30 @@ async def _close_on_shutdown(router: Any) -> AsyncIterator[None]:
             await pubsub.close()
 
 
-class H3Router(APIRouter):
+class H3Router(_HeadForGet, APIRouter):
     """An ``APIRouter`` with ``ws()`` for crossws-style WebSocket handlers.
 
     ``pubsub`` is the backplane for handlers registered here that do not name
     their own (default: the process-wide one, ``H3_PUBSUB_URL`` or memory).
+    Its event-stream GET routes also answer ``HEAD`` (headers, no body).
     """
+
+    @property
+    def ws_max_size(self) -> int | None:
+        """The largest ``max_message_size`` of its handlers: the server's ``ws_max_size``."""
+        return ws_max_size(self)
 
     def __init__(self, *, pubsub: PubSub | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("lifespan", lambda app: _close_on_shutdown(self))
         super().__init__(**kwargs)
         self.pubsub = pubsub
+
+    def include_router(self, router: Any, *args: Any, **kwargs: Any) -> None:
+        """FastAPI's ``include_router``; also remembers H3Routers for ``ws_max_size``."""
+        super().include_router(router, *args, **kwargs)
+        if not hasattr(self, "_h3_included"):
+            self._h3_included: list[Any] = []
+        self._h3_included.append(router)
 
     def ws(
         self,
@@ -185,7 +287,14 @@ class H3(FastAPI):
     def __init__(self, *, pubsub: PubSub | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.pubsub = pubsub
+        # Every GET route answers HEAD too (h3 does); same router otherwise.
+        self.router.__class__ = _H3AppRouter
         self.router.lifespan_context = _merge(self.router.lifespan_context, self.router)
+
+    @property
+    def ws_max_size(self) -> int | None:
+        """The largest ``max_message_size`` of its handlers: the server's ``ws_max_size``."""
+        return ws_max_size(self)
 
     def _route(self, methods: list[str], path: str, handler: Any, kwargs: dict[str, Any]) -> Any:
         if isinstance(handler, WebSocketHandler):

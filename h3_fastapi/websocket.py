@@ -1,16 +1,21 @@
 """WebSocket handlers with crossws hooks: ``define_websocket_handler``.
 
 The flow of one connection: the ASGI ``websocket.connect`` event is checked
-(origin, peer limit), the ``upgrade`` hook accepts or rejects the handshake,
-a ``Peer`` is created and ``open`` runs; then a reader task feeds ``message``
-while the connection's own task writes the peer's outbox (``peer.py``); when
-either side ends it, ``close`` runs exactly once.
+(origin, peer limit), the hooks are resolved (static, factory or ``resolve``),
+the ``upgrade`` hook's FastAPI dependencies are solved (``_dependencies.py``;
+nothing for a plain ``upgrade(request)``), ``upgrade`` accepts or rejects the
+handshake (``_rejection.py`` maps errors as FastAPI does), a ``Peer`` is
+created and ``open`` runs; then a reader task feeds ``message`` while the
+connection's own task writes the peer's outbox (``peer.py``); when either
+side ends it, ``close`` runs exactly once, and then ``yield`` dependencies
+finish. Plain ``def`` hooks run in the threadpool unless ``sync_hooks="loop"``.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Iterable, KeysView, Mapping
+import re
+from collections.abc import Awaitable, Callable, Generator, Iterable, KeysView, Mapping
 from typing import Any
 
 from starlette.requests import Request
@@ -18,8 +23,19 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.types import Receive, Send
 from starlette.websockets import WebSocket
 
-from ._connection import PeerTable, Upgrade, _Connection, deny, upgrade_result
-from ._hooks import HOOK_NAMES, Hook, Hooks, WSError, call_maybe_async
+from ._connection import PeerTable, Upgrade, _Connection, _wait_closed, upgrade_result
+from ._dependencies import close_own_stacks, upgrade_dependencies
+from ._hooks import (
+    HOOK_NAMES,
+    SYNC_HOOKS_VALUES,
+    Hook,
+    Hooks,
+    SyncHooks,
+    WSError,
+    call_in_thread,
+    call_maybe_async,
+)
+from ._rejection import deny, install_quiet_denials, rejection_for
 from ._responses import exception_to_response, to_response
 from ._typing import hooks_message_type
 from .peer import CloseDetails, Peer
@@ -36,6 +52,9 @@ __all__ = [
 ]
 
 HooksSource = Any  # dict | object with hook methods | class | factory(request)
+
+_PARAM = re.compile(r"{([^}:]+)(?::[^}]*)?}")
+_PATH_PARAM = _PARAM
 
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 DEFAULT_SEND_BUFFER_LIMIT = 4 * 1024 * 1024
@@ -63,6 +82,29 @@ def _upgrade_request(scope: Mapping[str, Any]) -> UpgradeRequest:
     request = UpgradeRequest(http_scope, _empty_receive)
     request.context = {}
     return request
+
+
+def _hook_dict(source: Any) -> dict[str, Hook]:
+    """The hooks ``source`` (dict, object or class instance) defines, by name."""
+    if source is None:
+        return {}
+    if inspect.isclass(source):
+        source = source()
+    if isinstance(source, Mapping):
+        return {n: source[n] for n in HOOK_NAMES if source.get(n) is not None}
+    return {n: h for n in HOOK_NAMES if (h := getattr(source, n, None)) is not None}
+
+
+class _Closing:
+    """Returned by ``close_all``: closing has started; await to wait until every peer is closed."""
+
+    __slots__ = ("_connections",)
+
+    def __init__(self, connections: list[_Connection]) -> None:
+        self._connections = connections
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return _wait_closed(self._connections).__await__()
 
 
 def _is_factory(source: Any) -> bool:
@@ -107,6 +149,7 @@ class WebSocketHandler:
         message: Hook | None = None,
         close: Hook | None = None,
         error: Hook | None = None,
+        drain: Hook | None = None,
         http: Callable[..., Any] | None = None,
         pubsub: PubSub | None = None,
         allowed_origins: Iterable[str] | str | None = None,
@@ -115,7 +158,14 @@ class WebSocketHandler:
         send_buffer_limit: int = DEFAULT_SEND_BUFFER_LIMIT,
         namespace: str | None = None,
         send: Any = None,
+        resolve: Callable[[Request], Any] | None = None,
+        get_namespace: Callable[[Request], Any] | None = None,
+        sync_hooks: SyncHooks = "threadpool",
+        drain_threshold: int | None = None,
     ) -> None:
+        if sync_hooks not in SYNC_HOOKS_VALUES:
+            raise ValueError(f"sync_hooks must be 'threadpool' or 'loop', got {sync_hooks!r}")
+        self.sync_hooks: SyncHooks = sync_hooks
         # Schema docs (asyncapi.py): what the server sends (``send=``, documentation
         # only) and the type the ``message`` hook takes (``Message`` when untyped).
         self.send_type: Any = send
@@ -126,16 +176,22 @@ class WebSocketHandler:
             "message": message,
             "close": close,
             "error": error,
+            "drain": drain,
         }
         if inspect.isclass(hooks) and not _is_factory(hooks):
             hooks = hooks()
         self._factory: Callable[[Request], Any] | None = None
         self._overrides = overrides
+        self._hooks: Hooks | None = None
         if _is_factory(hooks):
             self._factory = hooks
-            self._hooks: Hooks | None = None
+        elif resolve is not None:
+            # crossws ``resolve``: per-upgrade hooks over the static ones (they win by name).
+            self._factory = resolve
+            self._overrides = {**_hook_dict(hooks), **{k: v for k, v in overrides.items() if v}}
         else:
-            self._hooks = Hooks(hooks, overrides)
+            self._hooks = Hooks(hooks, overrides, sync_hooks)
+        self.get_namespace = get_namespace
         self.http = http
         self.pubsub = pubsub
         if isinstance(allowed_origins, str):
@@ -146,8 +202,16 @@ class WebSocketHandler:
         self.max_message_size = max_message_size
         self.max_peers = max_peers
         self.send_buffer_limit = send_buffer_limit
+        # The ``drain`` hook runs when a buffer that reached this many bytes is written out.
+        self.drain_threshold = (
+            drain_threshold if drain_threshold is not None else max(1, send_buffer_limit // 2)
+        )
         self.namespace = namespace
         self._peers = PeerTable()
+        # Route path patterns this handler serves: as registered (router prefix
+        # included), then as reached (app prefixes and mounts included).
+        self._patterns: list[str] = []
+        install_quiet_denials()
         # FastAPI reads the endpoint's signature to inject the WebSocket.
         self.__signature__ = _WEBSOCKET_SIGNATURE
 
@@ -163,9 +227,50 @@ class WebSocketHandler:
         """
         return self._pubsub().publish(topic, data, namespace=namespace)
 
-    def close_all(self, code: int = 1001, reason: str = "") -> None:
-        """Close every open peer of this handler."""
-        self._peers.close_all(code, reason)
+    def namespace_for(self, route: str | None = None, /, **path_params: Any) -> str:
+        """The namespace of this handler's route with ``path_params`` filled in.
+
+        ``handler.namespace_for(room="blue")`` is ``"/v1/rooms/blue"`` for a route
+        ``/rooms/{room}`` under the prefix ``/v1``: use it for
+        ``publish(..., namespace=)``. Prefixes of ``include_router`` and mounts
+        are known once the route has been reached in this process; before that,
+        the path as registered on its router is used. A handler served at
+        several patterns takes the one whose parameters are exactly those
+        given; ``route`` (the pattern or a suffix of it, ``"/rooms/{room}"``)
+        picks one when that is ambiguous.
+        """
+        names = set(path_params)
+        candidates = [
+            p
+            for p in self._patterns
+            if set(_PARAM.findall(p)) == names and (route is None or p.endswith(route))
+        ]
+        if not candidates:
+            raise ValueError(
+                f"no route of this handler takes exactly {sorted(names)}"
+                f" (routes: {self._patterns or 'none registered'})"
+            )
+        # The last learned pattern of each registered one is its full form.
+        full = [p for p in candidates if not any(q != p and q.endswith(p) for q in candidates)]
+        if len(full) > 1:
+            raise ValueError(f"several routes match, name one with route=: {full}")
+        return _PATH_PARAM.sub(lambda m: str(path_params[m.group(1)]), full[0])
+
+    def _learn_pattern(self, scope: Mapping[str, Any]) -> None:
+        route = scope.get("route")
+        fmt = getattr(route, "path_format", None)
+        if fmt:
+            pattern = scope.get("root_path", "").rstrip("/") + fmt
+            if pattern not in self._patterns:
+                self._patterns.append(pattern)
+
+    def close_all(self, code: int = 1001, reason: str = "") -> Awaitable[None]:
+        """Close every open peer of this handler (crossws ``ws.close()``).
+
+        Closing starts at once; await the result to wait until every peer has
+        closed (its ``close`` hook has run). Safe to call without awaiting.
+        """
+        return _Closing(self._peers.close_all(code, reason))
 
     async def __call__(self, *args: Any, **kwargs: Any) -> None:
         """ASGI app (``scope, receive, send``) or FastAPI endpoint (``websocket=``)."""
@@ -234,14 +339,19 @@ class WebSocketHandler:
         if not self._peers.reserve(self.max_peers):
             await deny(scope, send, PlainTextResponse("Too many connections", status_code=503))
             return
+        if "route" in scope:
+            self._learn_pattern(scope)
         connection = None
         try:
-            hooks, upgrade = await self._upgrade(request)
+            hooks, upgrade, websocket = await self._upgrade(request, receive, send, websocket)
             if upgrade.rejection is not None:
                 await deny(scope, send, upgrade.rejection)
                 return
             if upgrade.context:
                 request.context.update(upgrade.context)
+            namespace = upgrade.namespace
+            if namespace is None and self.get_namespace is not None:
+                namespace = await call_maybe_async(self.get_namespace, request)
             try:
                 await send(upgrade.accept_message())
             except Exception:  # the client left during the handshake
@@ -251,35 +361,77 @@ class WebSocketHandler:
                 receive=receive,
                 send=send,
                 # The full URL path (crossws); read from the scope, no URL object kept.
-                namespace=upgrade.namespace or self.namespace or scope["path"],
+                namespace=namespace or self.namespace or scope["path"],
                 hooks=hooks,
                 peers=self._peers,
                 pubsub=self._pubsub(),
                 send_buffer_limit=self.send_buffer_limit,
                 max_message_size=self.max_message_size,
                 websocket=websocket,
+                protocol=upgrade.protocol,
+                drain_threshold=self.drain_threshold,
             )
         finally:
             if connection is None:
                 self._peers.release()
-        if connection is not None:
-            await connection.run()
-
-    async def _upgrade(self, request: UpgradeRequest) -> tuple[Hooks, Upgrade]:
-        """Resolve this connection's hooks and run ``upgrade``; its result, normalised."""
-        hooks = self._hooks
+                if websocket is not None:
+                    await close_own_stacks(websocket.scope)
         try:
-            if hooks is None:
-                assert self._factory is not None
-                source = await call_maybe_async(self._factory, request)
-                if inspect.isclass(source):
-                    source = source()
-                hooks = Hooks(source, self._overrides)
-            if hooks.upgrade is None:
-                return hooks, Upgrade()
-            return hooks, upgrade_result(await call_maybe_async(hooks.upgrade, request))
+            await connection.run()
+        finally:
+            if websocket is not None:
+                await close_own_stacks(websocket.scope)
+
+    async def _resolve(self, request: UpgradeRequest) -> Hooks:
+        """This connection's hooks: the static ones, or what the factory/``resolve`` returns."""
+        if self._hooks is not None:
+            return self._hooks
+        assert self._factory is not None
+        source = await call_maybe_async(self._factory, request)
+        if inspect.isclass(source):
+            source = source()
+        return Hooks(source, self._overrides, self.sync_hooks)
+
+    async def _upgrade(
+        self,
+        request: UpgradeRequest,
+        receive: Receive,
+        send: Send,
+        websocket: WebSocket | None,
+    ) -> tuple[Hooks, Upgrade, WebSocket | None]:
+        """Resolve this connection's hooks and run ``upgrade``; its result, normalised.
+
+        The ``WebSocket`` returned is the one dependencies were solved with (if any).
+        """
+        try:
+            hooks = await self._resolve(request)
+            hook = hooks.upgrade
+            if hook is None:
+                return hooks, Upgrade(), websocket
+            route = request.scope.get("route")
+            needs = upgrade_dependencies(hook, getattr(route, "path_format", ""))
+            if needs is None:  # ``upgrade(request)``: as it always was
+                outcome = await hooks.caller("upgrade")(hook, request)
+            else:
+                if websocket is None:
+                    websocket = WebSocket(dict(request.scope, type="websocket"), receive, send)
+                values = await needs.solve(websocket)
+                request.context.update(values)
+                call = needs.bind(hook, request, values)
+                if "upgrade" in hooks.threaded:
+                    outcome = await call_in_thread(call)
+                else:
+                    outcome = await call_maybe_async(call)
+            return hooks, upgrade_result(outcome), websocket
         except Exception as exc:
-            return Hooks(None, {}), upgrade_result(exc)
+            try:
+                rejection = await rejection_for(exc, request, websocket)
+            except Exception as handler_error:
+                exc = handler_error
+                rejection = None
+            if rejection is None:
+                return Hooks(None, {}), upgrade_result(exc), websocket
+            return Hooks(None, {}), Upgrade(rejection=rejection), websocket
 
 
 def define_websocket_handler(
@@ -292,6 +444,7 @@ def define_websocket_handler(
     message: Hook | None = None,
     close: Hook | None = None,
     error: Hook | None = None,
+    drain: Hook | None = None,
     http: Callable[..., Any] | None = None,
     pubsub: PubSub | None = None,
     allowed_origins: Iterable[str] | str | None = None,
@@ -300,6 +453,10 @@ def define_websocket_handler(
     send_buffer_limit: int = DEFAULT_SEND_BUFFER_LIMIT,
     namespace: str | None = None,
     send: Any = None,
+    resolve: Callable[[Request], Any] | None = None,
+    get_namespace: Callable[[Request], Any] | None = None,
+    sync_hooks: SyncHooks = "threadpool",
+    drain_threshold: int | None = None,
 ) -> WebSocketHandler:
     """Build a ``WebSocketHandler`` from crossws hooks.
 
@@ -312,6 +469,14 @@ def define_websocket_handler(
     type gets the validated value (an invalid message: ``error`` hook, then
     close 1007). ``send`` declares the type the server sends, for the
     AsyncAPI document.
+
+    Plain ``def`` hooks run in the threadpool (as FastAPI runs ``def``
+    endpoints), one at a time per peer and in order; ``sync_hooks="loop"``
+    runs them on the event loop. ``resolve(request)`` (crossws) returns hooks
+    for one upgrade, over the static ones; ``get_namespace(request)`` returns
+    its namespace. ``drain(peer)`` runs when a peer's buffer that reached
+    ``drain_threshold`` bytes (default half of ``send_buffer_limit``) has been
+    written out.
     """
     return WebSocketHandler(
         hooks,
@@ -320,6 +485,7 @@ def define_websocket_handler(
         message=message,
         close=close,
         error=error,
+        drain=drain,
         http=http or _http,
         pubsub=pubsub,
         allowed_origins=allowed_origins,
@@ -328,6 +494,10 @@ def define_websocket_handler(
         send_buffer_limit=send_buffer_limit,
         namespace=namespace,
         send=send,
+        resolve=resolve,
+        get_namespace=get_namespace,
+        sync_hooks=sync_hooks,
+        drain_threshold=drain_threshold,
     )
 
 

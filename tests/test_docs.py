@@ -416,7 +416,7 @@ async def test_ws_auth_in_upgrade(live_server: Any) -> None:
     assert (await rejected(url + "?token=wrong")).response.status_code == 401
     forbidden = await rejected(url + "?token=bob-token&room=admins")
     assert forbidden.response.status_code == 403
-    assert forbidden.response.body == b"Admins only"
+    assert json.loads(forbidden.response.body) == {"detail": "Admins only"}
     async with websockets.connect(url + "?token=alice-token&room=admins") as ws:
         assert await recv(ws) == "Hello, alice! You are in admins."
     headers = {"cookie": "token=bob-token"}
@@ -471,9 +471,16 @@ async def test_ws_backpressure_slow_reader_is_closed_1013(live_server: Any) -> N
     module = example("ws_backpressure")
     server = live_server(module.app)
     async with websockets.connect(server.ws_url + "/feed", max_queue=1) as slow:
-        # The server thread wrote the 101 and runs the (sync) open hook in the same
-        # loop step; a call on its loop runs after that step, so the peer is subscribed.
-        assert server.call(lambda: len(module.feed.peers["/feed"])) == 1
+        # The (def) open hook runs in the threadpool: wait until it has subscribed.
+        def subscribed() -> bool:
+            peers = module.feed.peers.get("/feed") or ()
+            return any("feed" in peer.topics for peer in peers)
+
+        for _ in range(100):
+            if server.call(subscribed):
+                break
+            await asyncio.sleep(0.02)
+        assert server.call(subscribed)
         for _ in range(240):  # 15 MiB while the client reads nothing
             module.feed.publish("feed", b"\0" * 64 * 1024)
         assert await closed_with(slow) == 1013

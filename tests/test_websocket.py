@@ -109,7 +109,9 @@ async def test_upgrade_rejected_with_status_headers_and_body(server: Any) -> Non
         await websockets.connect(server.ws_url + "/_ws?token=raise")
     assert info.value.response.status_code == 403
     assert info.value.response.headers["x-raised"] == "1"
-    assert info.value.response.body == b"forbidden by exception"
+    # FastAPI's answer to an HTTPException: JSON ``{"detail": ...}`` with its headers.
+    assert json.loads(info.value.response.body) == {"detail": "forbidden by exception"}
+    assert info.value.response.headers["content-type"] == "application/json"
     assert not [e for e in chat_app.events if e[0] == "open"]
 
 

@@ -1,0 +1,108 @@
+"""``def`` hooks run in the threadpool (SPEC §2, §7), in order per peer; ``sync_hooks="loop"``."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import websockets
+from fastapi import FastAPI
+
+from h3_fastapi import H3Router, Peer
+
+TIMEOUT = 5
+
+
+def app_with(**hooks: Any) -> FastAPI:
+    router = H3Router()
+    router.ws("/slow", {"message": lambda peer, m: (time.sleep(1.0), peer.send("slept"))[1]})
+    router.ws("/echo", {"message": lambda peer, m: peer.send(m.text())}, **hooks)
+    app = FastAPI()
+    app.include_router(router)
+    return app
+
+
+async def test_blocking_def_hook_does_not_delay_other_peers(live_server: Any) -> None:
+    # Wall-clock assertion (1 s sleep against a 100 ms bound).
+    server = live_server(app_with())
+    async with (
+        websockets.connect(server.ws_url + "/slow") as slow,
+        websockets.connect(server.ws_url + "/echo") as echo,
+    ):
+        await slow.send("block")
+        await asyncio.sleep(0.05)  # the slow hook is sleeping now
+        started = time.monotonic()
+        await echo.send("hi")
+        assert await asyncio.wait_for(echo.recv(), TIMEOUT) == "hi"
+        assert time.monotonic() - started < 0.1
+        assert await asyncio.wait_for(slow.recv(), TIMEOUT) == "slept"
+
+
+async def test_order_of_hooks_kept_in_the_threadpool(live_server: Any) -> None:
+    events: list[tuple[str, Any, str]] = []
+    done = threading.Event()
+
+    def open_(peer: Peer) -> None:
+        time.sleep(0.05)  # a slow open still runs before the first message
+        events.append(("open", None, threading.current_thread().name))
+
+    def message(peer: Peer, m: Any) -> None:
+        time.sleep(0.002 * (int(m.text()) % 3))  # uneven work: order must still hold
+        events.append(("message", int(m.text()), threading.current_thread().name))
+        peer.send(m.text())
+
+    def close(peer: Peer, details: Any) -> None:
+        events.append(("close", details.code, threading.current_thread().name))
+        done.set()
+
+    router = H3Router()
+    router.ws("/order", {"open": open_, "message": message, "close": close})
+    app = FastAPI()
+    app.include_router(router)
+    server = live_server(app)
+    async with websockets.connect(server.ws_url + "/order") as ws:
+        for i in range(30):
+            await ws.send(str(i))
+        for i in range(30):
+            assert await asyncio.wait_for(ws.recv(), TIMEOUT) == str(i)
+    await asyncio.to_thread(done.wait, TIMEOUT)
+    kinds = [e[0] for e in events]
+    assert kinds == ["open"] + ["message"] * 30 + ["close"]
+    assert [e[1] for e in events if e[0] == "message"] == list(range(30))
+    # not the loop's thread: the worker threads of the pool
+    loop_thread = server.thread.name
+    assert all(e[2] != loop_thread for e in events)
+
+
+async def test_sync_hooks_loop_runs_on_the_event_loop(live_server: Any) -> None:
+    threads: list[str] = []
+    router = H3Router()
+
+    def message(peer: Peer, m: Any) -> None:
+        threads.append(threading.current_thread().name)
+        peer.send(m.text())
+
+    router.ws("/loop", {"message": message}, sync_hooks="loop")
+    app = FastAPI()
+    app.include_router(router)
+    server = live_server(app)
+    async with websockets.connect(server.ws_url + "/loop") as ws:
+        await ws.send("x")
+        assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "x"
+    assert threads == [server.thread.name]
+
+
+async def test_def_hook_returning_a_coroutine_is_awaited(live_server: Any) -> None:
+    async def reply(peer: Peer, text: str) -> None:
+        await peer.send(text.upper())
+
+    router = H3Router()
+    router.ws("/coro", {"message": lambda peer, m: reply(peer, m.text())})
+    app = FastAPI()
+    app.include_router(router)
+    server = live_server(app)
+    async with websockets.connect(server.ws_url + "/coro") as ws:
+        await ws.send("abc")
+        assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "ABC"
