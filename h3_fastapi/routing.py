@@ -395,6 +395,11 @@ class Server:
     def __init__(self, app: Any, host: str, port: int, options: dict[str, Any]) -> None:
         options.setdefault("log_level", "info")
         if not isinstance(app, str):
+            # The server refuses an oversized message while its fragments arrive,
+            # before assembling it in memory (max_message_size checks it after).
+            size = ws_max_size(app)
+            if size is not None:
+                options.setdefault("ws_max_size", size)
             # One Date and one Server per response: uvicorn would add its own next
             # to a proxied upstream's, so it adds none and the wrapper fills in
             # only what a response lacks ("module:app" strings are left to uvicorn).

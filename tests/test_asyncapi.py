@@ -1,4 +1,4 @@
-"""AsyncAPI 3.0 (SPEC §6): the documents validate against the official JSON Schema.
+"""AsyncAPI 3.0: the documents validate against the official JSON Schema.
 
 The schema comes from the npm package ``@asyncapi/specs`` that ``make test``
 installs into tests/asyncapi/node_modules (``npm ci --prefix tests/asyncapi``);

@@ -1,4 +1,4 @@
-"""FastAPI dependencies and errors of a WebSocket upgrade (SPEC §2, §7), on a real server."""
+"""FastAPI dependencies and errors of a WebSocket upgrade, on a real server."""
 
 from __future__ import annotations
 

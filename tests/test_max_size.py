@@ -1,4 +1,4 @@
-"""Issue 15 item 6: with the server's own limit set (uvicorn ``ws_max_size``), a huge
+"""With the server's own limit set (uvicorn ``ws_max_size``), a huge
 fragmented message is refused while its fragments arrive, before it is assembled."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from websockets.exceptions import ConnectionClosed
 
 from h3_fastapi import H3Router
-from h3_fastapi.routing import ws_max_size
+from h3_fastapi.routing import Server, ws_max_size
 
 LIMIT = 64 * 1024
 
@@ -32,6 +32,12 @@ def rss_kib(pid: int) -> int:
 def test_ws_max_size_of_the_app() -> None:
     assert ws_max_size(app) == LIMIT
     assert router.ws_max_size == LIMIT
+
+
+def test_serve_gives_uvicorn_the_largest_message_limit() -> None:
+    assert Server(app, "127.0.0.1", 0, {}).config.ws_max_size == LIMIT
+    # An explicit server setting wins.
+    assert Server(app, "127.0.0.1", 0, {"ws_max_size": 1024}).config.ws_max_size == 1024
 
 
 async def test_fragmented_message_refused_without_rss_growth(spawn_server: Any) -> None:

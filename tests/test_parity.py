@@ -1,4 +1,4 @@
-"""crossws/h3 parity (issue 14) and FastAPI habits of event streams (SPEC §2, §7), real server."""
+"""crossws/h3 parity and FastAPI habits of event streams, real server."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""One ``Date`` and one ``Server`` per response (SPEC §4), on every server people run.
+"""One ``Date`` and one ``Server`` per response, on every server people run.
 
 A real upstream sends its own ``Date``/``Server``; ``tests/apps/server_headers_app.py``
 proxies it and has a plain route. Each server runs in a child process, configured

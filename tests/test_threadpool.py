@@ -1,4 +1,4 @@
-"""``def`` hooks run in the threadpool (SPEC §2, §7), in order per peer; ``sync_hooks="loop"``."""
+"""``def`` hooks run in the threadpool, in order per peer; ``sync_hooks="loop"``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import threading
 import time
 from typing import Any
 
+import pytest
 import websockets
 from fastapi import FastAPI
 
@@ -24,6 +25,7 @@ def app_with(**hooks: Any) -> FastAPI:
     return app
 
 
+@pytest.mark.slow  # a wall-clock bound
 async def test_blocking_def_hook_does_not_delay_other_peers(live_server: Any) -> None:
     # Wall-clock assertion (1 s sleep against a 100 ms bound).
     server = live_server(app_with())

@@ -1,4 +1,4 @@
-"""Typed messages (SPEC §6) against a real uvicorn: typed hooks, typed sends, typed SSE, OpenAPI."""
+"""Typed messages against a real uvicorn: typed hooks, typed sends, typed SSE, OpenAPI."""
 
 from __future__ import annotations
 
