@@ -16,12 +16,13 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Awaitable, Callable, Generator, Iterable, KeysView, Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import Receive, Send
 from starlette.websockets import WebSocket
+from typing_extensions import Unpack
 
 from ._connection import PeerTable, Upgrade, _Connection, _wait_closed, upgrade_result
 from ._dependencies import close_own_stacks, upgrade_dependencies
@@ -47,6 +48,7 @@ __all__ = [
     "UpgradeRequest",
     "WSError",
     "WebSocketHandler",
+    "WebSocketOptions",
     "define_websocket",
     "define_websocket_handler",
 ]
@@ -58,6 +60,49 @@ _PATH_PARAM = _PARAM
 
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 DEFAULT_SEND_BUFFER_LIMIT = 4 * 1024 * 1024
+
+
+class WebSocketOptions(TypedDict, total=False):
+    """The keyword options of ``define_websocket_handler``, ``WebSocketHandler``, ``H3Router.ws``.
+
+    Written once here (as h3's ``ProxyOptions``); every way of making a handler
+    takes the same ones. Hooks given as keywords win over those of ``hooks``.
+    """
+
+    upgrade: Hook | None
+    open: Hook | None
+    message: Hook | None
+    close: Hook | None
+    error: Hook | None
+    drain: Hook | None
+    #: The handler for plain (non-upgrade) HTTP requests; else they get 426.
+    http: Callable[..., Any] | None
+    #: The pub/sub of this handler (default: the process-wide one).
+    pubsub: PubSub | None
+    #: Exact ``scheme://host[:port]`` origins, ``"*"`` for any (the default).
+    allowed_origins: Iterable[str] | str | None
+    #: Bytes (UTF-8 bytes for text); over it the peer is closed 1009. ``None``: no limit.
+    max_message_size: int | None
+    #: Open peers at most; over it the upgrade gets 503. ``None``: no limit.
+    max_peers: int | None
+    #: Bytes queued per peer before it is closed 1013.
+    send_buffer_limit: int
+    #: The namespace of every peer (default: the concrete URL path).
+    namespace: str | None
+    #: The type the server sends (documentation: the AsyncAPI document).
+    send: Any
+    #: crossws ``resolve(request)``: hooks for one upgrade, over the static ones.
+    resolve: Callable[[Request], Any] | None
+    #: ``get_namespace(request)``: the namespace of one upgrade.
+    get_namespace: Callable[[Request], Any] | None
+    #: Where plain ``def`` hooks run: ``"threadpool"`` (default) or ``"loop"``.
+    sync_hooks: SyncHooks
+    #: ``drain`` runs when a buffer that reached this many bytes is written out
+    #: (default: half of ``send_buffer_limit``).
+    drain_threshold: int | None
+
+
+_OPTION_NAMES = frozenset(WebSocketOptions.__annotations__)
 
 
 class UpgradeRequest(Request):
@@ -143,70 +188,48 @@ class WebSocketHandler:
     def __init__(
         self,
         hooks: HooksSource = None,
-        *,
-        upgrade: Hook | None = None,
-        open: Hook | None = None,
-        message: Hook | None = None,
-        close: Hook | None = None,
-        error: Hook | None = None,
-        drain: Hook | None = None,
         http: Callable[..., Any] | None = None,
-        pubsub: PubSub | None = None,
-        allowed_origins: Iterable[str] | str | None = None,
-        max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
-        max_peers: int | None = None,
-        send_buffer_limit: int = DEFAULT_SEND_BUFFER_LIMIT,
-        namespace: str | None = None,
-        send: Any = None,
-        resolve: Callable[[Request], Any] | None = None,
-        get_namespace: Callable[[Request], Any] | None = None,
-        sync_hooks: SyncHooks = "threadpool",
-        drain_threshold: int | None = None,
+        /,
+        **options: Unpack[WebSocketOptions],
     ) -> None:
+        unknown = options.keys() - _OPTION_NAMES
+        if unknown:
+            raise TypeError(f"unknown WebSocket handler options: {', '.join(sorted(unknown))}")
+        sync_hooks = options.get("sync_hooks", "threadpool")
         if sync_hooks not in SYNC_HOOKS_VALUES:
             raise ValueError(f"sync_hooks must be 'threadpool' or 'loop', got {sync_hooks!r}")
         self.sync_hooks: SyncHooks = sync_hooks
         # Schema docs (asyncapi.py): what the server sends (``send=``, documentation
         # only) and the type the ``message`` hook takes (``Message`` when untyped).
-        self.send_type: Any = send
-        self.message_type: Any = hooks_message_type(hooks, message)
-        overrides = {
-            "upgrade": upgrade,
-            "open": open,
-            "message": message,
-            "close": close,
-            "error": error,
-            "drain": drain,
+        self.send_type: Any = options.get("send")
+        self.message_type: Any = hooks_message_type(hooks, options.get("message"))
+        overrides: dict[str, Hook | None] = {
+            "upgrade": options.get("upgrade"),
+            "open": options.get("open"),
+            "message": options.get("message"),
+            "close": options.get("close"),
+            "error": options.get("error"),
+            "drain": options.get("drain"),
         }
-        if inspect.isclass(hooks) and not _is_factory(hooks):
-            hooks = hooks()
-        self._factory: Callable[[Request], Any] | None = None
-        self._overrides = overrides
-        self._hooks: Hooks | None = None
-        if _is_factory(hooks):
-            self._factory = hooks
-        elif resolve is not None:
-            # crossws ``resolve``: per-upgrade hooks over the static ones (they win by name).
-            self._factory = resolve
-            self._overrides = {**_hook_dict(hooks), **{k: v for k, v in overrides.items() if v}}
-        else:
-            self._hooks = Hooks(hooks, overrides, sync_hooks)
-        self.get_namespace = get_namespace
-        self.http = http
-        self.pubsub = pubsub
+        self._set_hooks(hooks, overrides, options)
+        self.get_namespace = options.get("get_namespace")
+        self.http = options.get("http") or http
+        self.pubsub = options.get("pubsub")
+        allowed_origins = options.get("allowed_origins")
         if isinstance(allowed_origins, str):
             allowed_origins = [allowed_origins]
         self.allowed_origins: frozenset[str] | None = (
             None if allowed_origins is None else frozenset(o.rstrip("/") for o in allowed_origins)
         )
-        self.max_message_size = max_message_size
-        self.max_peers = max_peers
-        self.send_buffer_limit = send_buffer_limit
+        self.max_message_size = options.get("max_message_size", DEFAULT_MAX_MESSAGE_SIZE)
+        self.max_peers = options.get("max_peers")
+        self.send_buffer_limit = options.get("send_buffer_limit", DEFAULT_SEND_BUFFER_LIMIT)
         # The ``drain`` hook runs when a buffer that reached this many bytes is written out.
+        drain_threshold = options.get("drain_threshold")
         self.drain_threshold = (
-            drain_threshold if drain_threshold is not None else max(1, send_buffer_limit // 2)
+            drain_threshold if drain_threshold is not None else max(1, self.send_buffer_limit // 2)
         )
-        self.namespace = namespace
+        self.namespace = options.get("namespace")
         self._peers = PeerTable()
         # Route path patterns this handler serves: as registered (router prefix
         # included), then as reached (app prefixes and mounts included).
@@ -214,6 +237,25 @@ class WebSocketHandler:
         install_quiet_denials()
         # FastAPI reads the endpoint's signature to inject the WebSocket.
         self.__signature__ = _WEBSOCKET_SIGNATURE
+
+    def _set_hooks(
+        self, hooks: HooksSource, overrides: dict[str, Hook | None], options: WebSocketOptions
+    ) -> None:
+        """Static hooks, a per-upgrade factory, or crossws ``resolve`` over static ones."""
+        if inspect.isclass(hooks) and not _is_factory(hooks):
+            hooks = hooks()
+        self._factory: Callable[[Request], Any] | None = None
+        self._overrides = overrides
+        self._hooks: Hooks | None = None
+        resolve = options.get("resolve")
+        if _is_factory(hooks):
+            self._factory = hooks
+        elif resolve is not None:
+            # crossws ``resolve``: per-upgrade hooks over the static ones (they win by name).
+            self._factory = resolve
+            self._overrides = {**_hook_dict(hooks), **{k: v for k, v in overrides.items() if v}}
+        else:
+            self._hooks = Hooks(hooks, overrides, self.sync_hooks)
 
     @property
     def peers(self) -> dict[str, KeysView[Peer]]:
@@ -436,34 +478,17 @@ class WebSocketHandler:
 
 def define_websocket_handler(
     hooks: HooksSource = None,
-    _http: Callable[..., Any] | None = None,
-    /,
-    *,
-    upgrade: Hook | None = None,
-    open: Hook | None = None,
-    message: Hook | None = None,
-    close: Hook | None = None,
-    error: Hook | None = None,
-    drain: Hook | None = None,
     http: Callable[..., Any] | None = None,
-    pubsub: PubSub | None = None,
-    allowed_origins: Iterable[str] | str | None = None,
-    max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
-    max_peers: int | None = None,
-    send_buffer_limit: int = DEFAULT_SEND_BUFFER_LIMIT,
-    namespace: str | None = None,
-    send: Any = None,
-    resolve: Callable[[Request], Any] | None = None,
-    get_namespace: Callable[[Request], Any] | None = None,
-    sync_hooks: SyncHooks = "threadpool",
-    drain_threshold: int | None = None,
+    /,
+    **options: Unpack[WebSocketOptions],
 ) -> WebSocketHandler:
     """Build a ``WebSocketHandler`` from crossws hooks.
 
     ``hooks`` may be a dict, an object or class with hook methods, or a
     factory ``(request) -> hooks`` (sync or async) called for each upgrade.
     Hooks given as keywords win. As in h3, a second positional argument is the
-    ``http`` handler for plain (non-upgrade) requests.
+    ``http`` handler for plain (non-upgrade) requests. The keyword options are
+    ``WebSocketOptions``.
 
     A ``message`` hook whose second parameter is annotated with a Pydantic
     type gets the validated value (an invalid message: ``error`` hook, then
@@ -478,27 +503,7 @@ def define_websocket_handler(
     ``drain_threshold`` bytes (default half of ``send_buffer_limit``) has been
     written out.
     """
-    return WebSocketHandler(
-        hooks,
-        upgrade=upgrade,
-        open=open,
-        message=message,
-        close=close,
-        error=error,
-        drain=drain,
-        http=http or _http,
-        pubsub=pubsub,
-        allowed_origins=allowed_origins,
-        max_message_size=max_message_size,
-        max_peers=max_peers,
-        send_buffer_limit=send_buffer_limit,
-        namespace=namespace,
-        send=send,
-        resolve=resolve,
-        get_namespace=get_namespace,
-        sync_hooks=sync_hooks,
-        drain_threshold=drain_threshold,
-    )
+    return WebSocketHandler(hooks, http, **options)
 
 
 def define_websocket(hooks: HooksSource = None, /, **hook_functions: Hook) -> Any:
