@@ -11,6 +11,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+import h3_fastapi
 from tests.apps import chat_app
 
 TIMEOUT = 5
@@ -253,3 +254,10 @@ async def test_add_api_websocket_route_plain_fastapi(server: Any) -> None:
     async with websockets.connect(server.ws_url + "/raw") as ws:
         await ws.send("shout")
         assert await recv(ws) == "SHOUT"
+
+
+def test_unknown_handler_option_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="max_peer"):
+        h3_fastapi.define_websocket_handler({}, max_peer=5)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="sync_hooks"):
+        h3_fastapi.define_websocket_handler({}, sync_hooks="thread")  # type: ignore[typeddict-item]
