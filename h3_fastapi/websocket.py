@@ -20,8 +20,10 @@ from starlette.websockets import WebSocket
 
 from ._connection import PeerTable, Upgrade, _Connection, deny, upgrade_result
 from ._hooks import HOOK_NAMES, Hook, Hooks, WSError, call_maybe_async
+from ._ops import ops
 from ._responses import exception_to_response, to_response
 from ._typing import hooks_message_type
+from .limits import RateLimit
 from .peer import CloseDetails, Peer
 from .pubsub import PubSub, get_default_pubsub
 
@@ -115,6 +117,7 @@ class WebSocketHandler:
         send_buffer_limit: int = DEFAULT_SEND_BUFFER_LIMIT,
         namespace: str | None = None,
         send: Any = None,
+        rate_limit: RateLimit | None = None,
     ) -> None:
         # Schema docs (asyncapi.py): what the server sends (``send=``, documentation
         # only) and the type the ``message`` hook takes (``Message`` when untyped).
@@ -147,6 +150,7 @@ class WebSocketHandler:
         self.max_peers = max_peers
         self.send_buffer_limit = send_buffer_limit
         self.namespace = namespace
+        self.rate_limit = rate_limit
         self._peers = PeerTable()
         # FastAPI reads the endpoint's signature to inject the WebSocket.
         self.__signature__ = _WEBSOCKET_SIGNATURE
@@ -228,16 +232,28 @@ class WebSocketHandler:
             return
         request = _upgrade_request(scope)
         if not self._origin_allowed(request):
+            if ops.on:
+                ops.rejected(scope, "origin")
             await deny(scope, send, PlainTextResponse("Origin not allowed", status_code=403))
+            return
+        too_many = self.rate_limit.admit(request) if self.rate_limit is not None else None
+        if too_many is not None:  # limits.py: connections per client address
+            if ops.on:
+                ops.rejected(scope, "rate")
+            await deny(scope, send, too_many)
             return
         # The slot is taken before any await, so concurrent upgrades cannot overshoot.
         if not self._peers.reserve(self.max_peers):
+            if ops.on:
+                ops.rejected(scope, "limit")
             await deny(scope, send, PlainTextResponse("Too many connections", status_code=503))
             return
         connection = None
         try:
             hooks, upgrade = await self._upgrade(request)
             if upgrade.rejection is not None:
+                if ops.on:
+                    ops.rejected(scope, "upgrade")
                 await deny(scope, send, upgrade.rejection)
                 return
             if upgrade.context:
@@ -259,11 +275,14 @@ class WebSocketHandler:
                 max_message_size=self.max_message_size,
                 websocket=websocket,
             )
+            if ops.on or self.rate_limit is not None:
+                connection.watch = ops.watch(connection, scope, self.rate_limit)
         finally:
             if connection is None:
                 self._peers.release()
         if connection is not None:
-            await connection.run()
+            watch = connection.watch
+            await (connection.run() if watch is None else watch.run(connection))
 
     async def _upgrade(self, request: UpgradeRequest) -> tuple[Hooks, Upgrade]:
         """Resolve this connection's hooks and run ``upgrade``; its result, normalised."""
@@ -300,6 +319,7 @@ def define_websocket_handler(
     send_buffer_limit: int = DEFAULT_SEND_BUFFER_LIMIT,
     namespace: str | None = None,
     send: Any = None,
+    rate_limit: RateLimit | None = None,
 ) -> WebSocketHandler:
     """Build a ``WebSocketHandler`` from crossws hooks.
 
@@ -311,7 +331,8 @@ def define_websocket_handler(
     A ``message`` hook whose second parameter is annotated with a Pydantic
     type gets the validated value (an invalid message: ``error`` hook, then
     close 1007). ``send`` declares the type the server sends, for the
-    AsyncAPI document.
+    AsyncAPI document. ``rate_limit`` bounds what each peer may send and how
+    often one client address may connect (``h3_fastapi.limits``).
     """
     return WebSocketHandler(
         hooks,
@@ -328,6 +349,7 @@ def define_websocket_handler(
         send_buffer_limit=send_buffer_limit,
         namespace=namespace,
         send=send,
+        rate_limit=rate_limit,
     )
 
 
