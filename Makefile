@@ -1,10 +1,14 @@
-# Two commands for a fresh machine: `make run` and `make test`.
+# Two commands for a fresh machine: `make run` and `make test`; `make check` is the fast loop.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: run test lint typecheck pytest docs docs-serve bench system-deps asyncapi-schema autobahn clean
+# The fast tier: every test without a slow-tier marker (see pyproject.toml).
+FAST_TIER := not (redis or browser or matrix or autobahn or soak or slow)
+export FAST_TIER
+
+.PHONY: run check test lint typecheck pytest pytest-fast matrix docs docs-serve bench system-deps asyncapi-schema autobahn clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is required (set PYTHON=python3.X)"'
@@ -26,8 +30,11 @@ $(VENV)/.docs-installed: pyproject.toml | $(BIN)/python
 run: $(VENV)/.run-installed
 	$(BIN)/python -m example_app
 
-## Lint, type-check, run every test, build the docs (what CI runs).
-test: $(VENV)/.dev-installed system-deps asyncapi-schema lint typecheck pytest docs
+## Lint, type-check and the fast tier (no Redis, browser, server matrix, soak): the edit loop.
+check: lint typecheck pytest-fast
+
+## Lint, type-check, run every test, the fast tier on the other Pythons, build the docs (what CI runs).
+test: $(VENV)/.dev-installed system-deps asyncapi-schema lint typecheck pytest matrix docs
 
 system-deps:
 	@bash scripts/install-system-deps.sh
@@ -48,6 +55,14 @@ typecheck: $(VENV)/.dev-installed
 pytest: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -ra
 
+# Four workers on two cores: the fast tier mostly waits on sockets and timers, not the CPU.
+pytest-fast: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest -q -n 4 -m "$(FAST_TIER)"
+
+## The fast tier on every other Python 3.10-3.13 found, and on the declared lowest dependencies.
+matrix: $(VENV)/.dev-installed
+	bash scripts/python-matrix.sh
+
 docs: $(VENV)/.dev-installed
 	$(BIN)/mkdocs build --strict --site-dir site
 
@@ -62,4 +77,4 @@ autobahn: $(VENV)/.dev-installed
 	bash scripts/autobahn.sh
 
 clean:
-	rm -rf $(VENV) site .mypy_cache .ruff_cache .pytest_cache tests/asyncapi/node_modules
+	rm -rf $(VENV) $(VENV)-3.* $(VENV)-lowest site .mypy_cache .ruff_cache .pytest_cache tests/asyncapi/node_modules

@@ -21,8 +21,6 @@ self-contained HTML page (inline CSS, no script, no CDN) that reads offline.
 
 from __future__ import annotations
 
-import html
-import json
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, WebSocketRoute
 
+from ._asyncapi_html import render_html
 from ._openapi import stream_item
 from ._typing import type_adapter
 from .message import Message
@@ -59,9 +58,6 @@ class _Channel:
     receive: Any = None  # type a client sends (WebSocket ``message`` hook)
     send: Any = None  # type the server sends
     methods: list[str] = field(default_factory=list)
-
-
-# --- finding the routes -------------------------------------------------------
 
 
 def _contexts(routes: Sequence[Any]) -> Iterator[tuple[Any, Any]]:
@@ -123,9 +119,6 @@ def _websocket_channel(handler: WebSocketHandler, path: str, name: str | None) -
         receive=getattr(handler, "message_type", None),
         send=getattr(handler, "send_type", None),
     )
-
-
-# --- the document -------------------------------------------------------------
 
 
 def _key(text: str, taken: set[str]) -> str:
@@ -224,107 +217,142 @@ def get_asyncapi(
     event-stream generators; the document validates against the official
     AsyncAPI 3.0.0 JSON Schema.
     """
-    routes = getattr(app, "routes", None) or []
-    channels = list(_channels(routes))
-
-    # All payload types in one pass so shared models get one component each.
-    inputs: list[tuple[Any, Any, TypeAdapter[Any]]] = []
+    channels = list(_channels(getattr(app, "routes", None) or []))
+    schemas, definitions = _payload_schemas(channels)
+    document = _Document(schemas)
     for index, channel in enumerate(channels):
-        if channel.receive is not None and channel.receive is not Message:
-            inputs.append(((index, "receive"), "validation", type_adapter(channel.receive)))
-        if channel.send is not None and channel.send is not Message:
-            inputs.append(((index, "send"), "serialization", type_adapter(channel.send)))
-    schemas: dict[Any, Any] = {}
-    definitions: dict[str, Any] = {}
-    if inputs:
-        by_key, top = TypeAdapter.json_schemas(inputs, ref_template=_REF_TEMPLATE)
-        schemas = {key: value for (key, _mode), value in by_key.items()}
-        definitions = top.get("$defs", {})
-
-    doc_channels: dict[str, Any] = {}
-    operations: dict[str, Any] = {}
-    messages: dict[str, Any] = {}
-    taken_channels: set[str] = set()
-    taken_messages: set[str] = set()
-    for index, channel in enumerate(channels):
-        named = channel.name and channel.name != WebSocketHandler.__name__
-        key = _key(str(channel.name) if named else channel.address, taken_channels)
-        entry: dict[str, Any] = {"address": channel.address}
-        summary = "WebSocket" if channel.kind == "websocket" else "Server-Sent Events"
-        entry["title"] = f"{channel.address} ({summary})"
-        if channel.description:
-            entry["description"] = channel.description
-        params = _PATH_PARAM.findall(channel.address)
-        if params:
-            entry["parameters"] = {p: {"description": f"Path parameter {p}"} for p in params}
-        if channel.kind == "websocket":
-            entry["bindings"] = {"ws": {"method": "GET", "bindingVersion": WS_BINDING_VERSION}}
-        entry["tags"] = [{"name": "websocket" if channel.kind == "websocket" else "sse"}]
-        channel_messages: dict[str, Any] = {}
-        for role, action in (("receive", "receive"), ("send", "send")):
-            tp = channel.receive if role == "receive" else channel.send
-            if tp is None and not (channel.kind == "sse" and role == "send"):
-                continue
-            if tp is None or tp is Message:
-                found = [_any_message(key, role, channel.kind)]
-            else:
-                found = _messages_for(schemas[(index, role)], tp, role, key, channel.kind)
-            refs = []
-            for name, message in found:
-                if name not in channel_messages:
-                    component = messages.get(name)
-                    if component is not None and component != _asyncapi_schema(message):
-                        name = _key(f"{key}.{name}", taken_messages)
-                    else:
-                        taken_messages.add(name)
-                    messages[name] = _asyncapi_schema(message)
-                    channel_messages[name] = {"$ref": f"#/components/messages/{name}"}
-                refs.append({"$ref": f"#/channels/{key}/messages/{name}"})
-            operation: dict[str, Any] = {
-                "action": action,
-                "channel": {"$ref": f"#/channels/{key}"},
-                "messages": refs,
-            }
-            if channel.kind == "sse":
-                operation["summary"] = "Events the server streams"
-                operation["bindings"] = {
-                    "http": {
-                        "method": channel.methods[0] if channel.methods else "GET",
-                        "bindingVersion": HTTP_BINDING_VERSION,
-                    }
-                }
-            elif action == "receive":
-                operation["summary"] = "Messages clients send (the message hook)"
-            else:
-                operation["summary"] = "Messages the server sends (send=)"
-            operations[f"{key}.{action}"] = operation
-        entry["messages"] = channel_messages
-        doc_channels[key] = entry
-
+        document.add_channel(index, channel)
     info: dict[str, Any] = {
         "title": title or getattr(app, "title", None) or "h3-fastapi app",
         "version": version or getattr(app, "version", None) or "0.1.0",
     }
     if description:
         info["description"] = description
-    document: dict[str, Any] = {
-        "asyncapi": ASYNCAPI_VERSION,
-        "info": info,
-        "defaultContentType": "application/json",
-        "channels": doc_channels,
-        "operations": operations,
+    return document.build(info, definitions)
+
+
+def _payload_schemas(channels: list[_Channel]) -> tuple[dict[Any, Any], dict[str, Any]]:
+    """Every payload type's schema, made in one pass so shared models get one component."""
+    inputs: list[tuple[Any, Any, TypeAdapter[Any]]] = []
+    for index, channel in enumerate(channels):
+        if channel.receive is not None and channel.receive is not Message:
+            inputs.append(((index, "receive"), "validation", type_adapter(channel.receive)))
+        if channel.send is not None and channel.send is not Message:
+            inputs.append(((index, "send"), "serialization", type_adapter(channel.send)))
+    if not inputs:
+        return {}, {}
+    by_key, top = TypeAdapter.json_schemas(inputs, ref_template=_REF_TEMPLATE)
+    schemas = {key: value for (key, _mode), value in by_key.items()}
+    return schemas, top.get("$defs", {})
+
+
+def _channel_entry(channel: _Channel) -> dict[str, Any]:
+    """The channel object, without its messages."""
+    summary = "WebSocket" if channel.kind == "websocket" else "Server-Sent Events"
+    entry: dict[str, Any] = {
+        "address": channel.address,
+        "title": f"{channel.address} ({summary})",
     }
-    components: dict[str, Any] = {}
-    if definitions:
-        components["schemas"] = _asyncapi_schema(definitions)
-    if messages:
-        components["messages"] = messages
-    if components:
-        document["components"] = components
-    return document
+    if channel.description:
+        entry["description"] = channel.description
+    params = _PATH_PARAM.findall(channel.address)
+    if params:
+        entry["parameters"] = {p: {"description": f"Path parameter {p}"} for p in params}
+    if channel.kind == "websocket":
+        entry["bindings"] = {"ws": {"method": "GET", "bindingVersion": WS_BINDING_VERSION}}
+    entry["tags"] = [{"name": "websocket" if channel.kind == "websocket" else "sse"}]
+    return entry
 
 
-# --- serving it ---------------------------------------------------------------
+def _operation(channel: _Channel, action: str, key: str, refs: list[Any]) -> dict[str, Any]:
+    """The ``receive``/``send`` operation of a channel (the server's point of view)."""
+    operation: dict[str, Any] = {
+        "action": action,
+        "channel": {"$ref": f"#/channels/{key}"},
+        "messages": refs,
+    }
+    if channel.kind == "sse":
+        operation["summary"] = "Events the server streams"
+        method = channel.methods[0] if channel.methods else "GET"
+        operation["bindings"] = {"http": {"method": method, "bindingVersion": HTTP_BINDING_VERSION}}
+    elif action == "receive":
+        operation["summary"] = "Messages clients send (the message hook)"
+    else:
+        operation["summary"] = "Messages the server sends (send=)"
+    return operation
+
+
+class _Document:
+    """Channels, operations and message components, collected route by route."""
+
+    __slots__ = (
+        "channels",
+        "messages",
+        "operations",
+        "schemas",
+        "taken_channels",
+        "taken_messages",
+    )
+
+    def __init__(self, schemas: dict[Any, Any]) -> None:
+        self.schemas = schemas
+        self.channels: dict[str, Any] = {}
+        self.operations: dict[str, Any] = {}
+        self.messages: dict[str, Any] = {}
+        self.taken_channels: set[str] = set()
+        self.taken_messages: set[str] = set()
+
+    def add_channel(self, index: int, channel: _Channel) -> None:
+        named = channel.name and channel.name != WebSocketHandler.__name__
+        key = _key(str(channel.name) if named else channel.address, self.taken_channels)
+        entry = _channel_entry(channel)
+        channel_messages: dict[str, Any] = {}
+        for action in ("receive", "send"):
+            tp = channel.receive if action == "receive" else channel.send
+            if tp is None and not (channel.kind == "sse" and action == "send"):
+                continue
+            if tp is None or tp is Message:
+                found = [_any_message(key, action, channel.kind)]
+            else:
+                found = _messages_for(self.schemas[(index, action)], tp, action, key, channel.kind)
+            names = [self._add_message(n, m, key, channel_messages) for n, m in found]
+            refs = [{"$ref": f"#/channels/{key}/messages/{name}"} for name in names]
+            self.operations[f"{key}.{action}"] = _operation(channel, action, key, refs)
+        entry["messages"] = channel_messages
+        self.channels[key] = entry
+
+    def _add_message(
+        self, name: str, message: dict[str, Any], key: str, channel_messages: dict[str, Any]
+    ) -> str:
+        """Share ``message`` as a component (renamed if another one took its name)."""
+        if name in channel_messages:
+            return name
+        schema = _asyncapi_schema(message)
+        component = self.messages.get(name)
+        if component is not None and component != schema:
+            name = _key(f"{key}.{name}", self.taken_messages)
+        else:
+            self.taken_messages.add(name)
+        self.messages[name] = schema
+        channel_messages[name] = {"$ref": f"#/components/messages/{name}"}
+        return name
+
+    def build(self, info: dict[str, Any], definitions: dict[str, Any]) -> dict[str, Any]:
+        document: dict[str, Any] = {
+            "asyncapi": ASYNCAPI_VERSION,
+            "info": info,
+            "defaultContentType": "application/json",
+            "channels": self.channels,
+            "operations": self.operations,
+        }
+        components: dict[str, Any] = {}
+        if definitions:
+            components["schemas"] = _asyncapi_schema(definitions)
+        if self.messages:
+            components["messages"] = self.messages
+        if components:
+            document["components"] = components
+        return document
 
 
 def add_asyncapi(
@@ -357,95 +385,3 @@ def add_asyncapi(
             return HTMLResponse(render_html(document(), json_url=json_url))
 
         app.add_route(docs_url, asyncapi_html, include_in_schema=False)
-
-
-_CSS = """
-body{font:15px/1.5 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2430;
-background:#f6f7f9}
-header{background:#263238;color:#fff;padding:1.2rem 2rem}header h1{margin:0;font-size:1.5rem}
-header p{margin:.2rem 0 0;opacity:.8}main{max-width:960px;margin:0 auto;padding:1rem 2rem 3rem}
-h2{border-bottom:1px solid #d0d5dd;padding-bottom:.3rem}
-.channel{background:#fff;border:1px solid #d0d5dd;border-radius:8px;margin:1rem 0;padding:1rem}
-.channel h3{margin:0;font-family:ui-monospace,Menlo,monospace;font-size:1.05rem}
-.tag{display:inline-block;border-radius:4px;padding:0 .45rem;font-size:.75rem;font-weight:600;
-margin-left:.5rem;vertical-align:middle;color:#fff}.websocket{background:#1565c0}.sse{background:#6a1b9a}
-.op{margin:.8rem 0 0;padding:.6rem .8rem;border-left:4px solid #90a4ae;background:#f9fafb}
-.op.receive{border-color:#2e7d32}.op.send{border-color:#ef6c00}.action{font-weight:700;
-text-transform:uppercase;font-size:.8rem}
-pre{background:#0f1720;color:#e6edf3;padding:.7rem;border-radius:6px;overflow:auto;font-size:.8rem}
-code{font-family:ui-monospace,Menlo,monospace}details summary{cursor:pointer;font-weight:600}
-.params{font-size:.9rem;color:#475467}
-"""
-
-
-def _pretty(value: Any) -> str:
-    return html.escape(json.dumps(value, indent=2, ensure_ascii=False))
-
-
-def render_html(document: dict[str, Any], *, json_url: str = "/asyncapi.json") -> str:
-    """A self-contained page for an AsyncAPI document: channels, operations, schemas."""
-    esc = html.escape
-    info = document.get("info", {})
-    channels = document.get("channels", {})
-    operations = document.get("operations", {})
-    messages = document.get("components", {}).get("messages", {})
-    schemas = document.get("components", {}).get("schemas", {})
-    parts = [
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-        "<meta name='viewport' content='width=device-width,initial-scale=1'>",
-        f"<title>{esc(str(info.get('title', 'AsyncAPI')))} – AsyncAPI</title>",
-        f"<style>{_CSS}</style></head><body>",
-        f"<header><h1>{esc(str(info.get('title', '')))}</h1>",
-        f"<p>AsyncAPI {esc(str(document.get('asyncapi', '')))} · version "
-        f"{esc(str(info.get('version', '')))} · <a style='color:#fff' href='{esc(json_url)}'>"
-        "JSON document</a></p></header><main>",
-        f"<h2>Channels <small>({len(channels)})</small></h2>",
-    ]
-    if info.get("description"):
-        parts.insert(6, f"<p>{esc(str(info['description']))}</p>")
-    for key, channel in channels.items():
-        kind = (channel.get("tags") or [{"name": ""}])[0]["name"]
-        label = "WebSocket" if kind == "websocket" else "SSE"
-        parts.append(
-            f"<section class='channel' id='channel-{esc(key)}' data-channel='{esc(key)}'>"
-            f"<h3>{esc(channel.get('address', ''))}"
-            f"<span class='tag {esc(kind)}'>{label}</span></h3>"
-        )
-        if channel.get("description"):
-            parts.append(f"<p>{esc(channel['description'])}</p>")
-        if channel.get("parameters"):
-            names = ", ".join(f"<code>{esc(p)}</code>" for p in channel["parameters"])
-            parts.append(f"<p class='params'>Path parameters: {names}</p>")
-        for op_key, op in operations.items():
-            if op.get("channel", {}).get("$ref") != f"#/channels/{key}":
-                continue
-            action = op.get("action", "")
-            parts.append(
-                f"<div class='op {esc(action)}' data-operation='{esc(op_key)}'>"
-                f"<span class='action'>{esc(action)}</span> {esc(op.get('summary', ''))}"
-            )
-            for ref in op.get("messages", []):
-                name = ref["$ref"].rsplit("/", 1)[-1]
-                message = messages.get(name, {})
-                payload = message.get("payload", {})
-                ref = payload.get("$ref", "") if isinstance(payload, dict) else ""
-                link = ""
-                if ref.startswith("#/components/schemas/") and len(payload) == 1:
-                    model = ref.rsplit("/", 1)[-1]
-                    payload = schemas.get(model, payload)  # show the model, link to it
-                    link = f" <a href='#schema-{esc(model)}'>schema</a>"
-                parts.append(
-                    f"<details><summary>{esc(message.get('title') or name)}</summary>"
-                    f"<pre>{_pretty(payload)}</pre>{link}</details>"
-                )
-            parts.append("</div>")
-        parts.append("</section>")
-    if schemas:
-        parts.append(f"<h2>Schemas <small>({len(schemas)})</small></h2>")
-        for name, schema in schemas.items():
-            parts.append(
-                f"<details class='schema' id='schema-{esc(name)}'><summary>{esc(name)}</summary>"
-                f"<pre>{_pretty(schema)}</pre></details>"
-            )
-    parts.append("</main></body></html>")
-    return "".join(parts)

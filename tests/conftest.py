@@ -2,29 +2,26 @@
 
 ``live_server(app)`` runs uvicorn in a thread of this process (the test can
 look at handler state); ``spawn_server("module:app")`` runs it in a child
-process (for signals and memory).
+process (for signals and memory), through ``tests/processes.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
-import signal
 import socket
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.processes import ROOT, ChildServer
+
+__all__ = ["CI", "ROOT", "ChildServer", "LiveServer", "free_port", "need", "which"]
+
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -113,53 +110,6 @@ def live_server() -> Iterator[Callable[..., LiveServer]]:
     yield start
     for server in servers:
         server.stop()
-
-
-class ChildServer:
-    """uvicorn in a child process, for signals, RSS and several workers."""
-
-    def __init__(self, target: str, port: int, args: list[str], env: dict[str, str]) -> None:
-        self.port = port
-        cmd = [sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1"]
-        cmd += ["--port", str(port), "--log-level", "warning", *args]
-        self.proc = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    def wait_ready(self, timeout: float = 20) -> ChildServer:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                out = self.proc.stdout.read().decode() if self.proc.stdout else ""
-                raise RuntimeError(f"server exited early:\n{out}")
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
-            ):
-                return self
-            time.sleep(0.05)
-        raise RuntimeError("server did not start")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture

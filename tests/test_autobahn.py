@@ -20,6 +20,7 @@ import pytest
 
 from tests.conftest import ROOT, need
 
+pytestmark = pytest.mark.autobahn
 SCRIPT = ROOT / "scripts" / "autobahn.sh"
 
 

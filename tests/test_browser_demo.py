@@ -19,6 +19,7 @@ import pytest
 from tests.conftest import ROOT, need
 from tests.test_example_app import example_app_process
 
+pytestmark = pytest.mark.browser
 CHROMIUM = Path("/usr/bin/chromium")
 ASSET = ROOT / "docs" / "assets" / "chat-demo.png"
 WAIT_MS = 10_000

@@ -22,7 +22,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -34,6 +33,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import ROOT
+from tests.recorders import LogWatcher
 
 DOCS = ROOT / "docs"
 EXAMPLES = DOCS / "examples"
@@ -82,38 +82,6 @@ async def rejected(url: str, **kwargs: Any) -> InvalidStatus:
         async with websockets.connect(url, **kwargs):
             pass
     return info.value
-
-
-class LogWatcher(logging.Handler):
-    """Collects log lines from any thread; tests wait on them instead of sleeping."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-        self.changed = threading.Condition()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.add(record.getMessage())
-
-    def add(self, line: str) -> None:
-        with self.changed:
-            self.lines.append(line)
-            self.changed.notify_all()
-
-    def print(self, *args: Any) -> None:
-        """A stand-in for ``print`` in an example module."""
-        self.add(" ".join(str(a) for a in args))
-
-    def wait_for(self, pattern: str, timeout: float = TIMEOUT) -> str:
-        regex = re.compile(pattern)
-
-        def found() -> str | None:
-            return next((line for line in self.lines if regex.search(line)), None)
-
-        with self.changed:
-            if not self.changed.wait_for(found, timeout):
-                raise AssertionError(f"no log line matched {pattern!r}; got {self.lines}")
-        return found() or ""
 
 
 @pytest.fixture

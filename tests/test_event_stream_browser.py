@@ -15,6 +15,7 @@ import pytest
 from tests.apps import sse_app
 from tests.conftest import LiveServer, need
 
+pytestmark = pytest.mark.browser
 CHROMIUM = "/usr/bin/chromium"
 
 

@@ -12,10 +12,7 @@ import asyncio
 import contextlib
 import os
 import re
-import signal
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -26,37 +23,22 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from example_app import clock, routes, sse_seed, websocket_seed
-from tests.conftest import ROOT, free_port, need, which
+from tests.conftest import free_port, need, which
+from tests.processes import ChildProcess
+from tests.recorders import Lines
 
 TIMEOUT = 5
 
 
-class Printed:
-    """Stands in for ``print`` in a seed module: records lines, lets tests wait for them."""
+class Printed(Lines):
+    """Stands in for ``print`` in a seed module; ``fail_on`` makes it raise for some lines."""
 
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.changed = threading.Condition()
-        self.fail_on: str | None = None
+    fail_on: str | None = None
 
     def __call__(self, *args: Any) -> None:
-        line = " ".join(str(a) for a in args)
-        with self.changed:
-            self.lines.append(line)
-            self.changed.notify_all()
-        if self.fail_on and line.startswith(self.fail_on):
+        super().__call__(*args)
+        if self.fail_on and self.lines[-1].startswith(self.fail_on):
             raise RuntimeError("print failed")
-
-    def wait_for(self, pattern: str, timeout: float = TIMEOUT) -> str:
-        regex = re.compile(pattern)
-
-        def found() -> str | None:
-            return next((line for line in self.lines if regex.search(line)), None)
-
-        with self.changed:
-            if not self.changed.wait_for(found, timeout):
-                raise AssertionError(f"nothing printed matches {pattern!r}; got {self.lines}")
-        return found() or ""
 
 
 @pytest.fixture
@@ -140,6 +122,7 @@ async def test_websocket_seed_error_hook(printed: Printed, live_server: Any) -> 
 # ---------------------------------------------------------------- seed: server-sent-events.mjs
 
 
+@pytest.mark.slow
 async def test_sse_seed_pushes_every_second_and_clears_its_timer(
     printed: Printed, live_server: Any
 ) -> None:
@@ -166,6 +149,7 @@ async def test_sse_seed_pushes_every_second_and_clears_its_timer(
 # ---------------------------------------------------------------- the whole app
 
 
+@pytest.mark.slow
 async def test_example_app_routes(live_server: Any) -> None:
     server = live_server(routes.app)
     async with httpx.AsyncClient(base_url=server.url) as client:
@@ -198,61 +182,13 @@ def test_clock_module_is_a_fastapi_router() -> None:
 # ---------------------------------------------------------------- python -m example_app
 
 
-class ChildOutput:
-    """Reads a child process's output in a thread, so its pipe never fills up.
-
-    Tests wait on lines (a condition variable) instead of sleeping or polling.
-    """
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.proc = proc
-        self.lines: list[str] = []
-        self.changed = threading.Condition()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self.changed:
-                self.lines.append(line.rstrip("\n"))
-                self.changed.notify_all()
-        with self.changed:
-            self.lines.append("<exited>")
-            self.changed.notify_all()
-
-    def wait_for(self, pattern: str, count: int = 1, timeout: float = 20) -> str:
-        """Wait until ``count`` lines match (or the child exits); all output so far."""
-        regex = re.compile(pattern)
-
-        def matches() -> int:
-            return sum(1 for line in self.lines if regex.search(line))
-
-        with self.changed:
-            self.changed.wait_for(lambda: matches() >= count or "<exited>" in self.lines, timeout)
-            output = "\n".join(self.lines)
-            found = matches()
-        if found < count:
-            raise AssertionError(f"{found}/{count} lines match {pattern!r} in:\n{output}")
-        return output
-
-
-class ExampleApp:
+class ExampleApp(ChildProcess):
     """``python -m example_app`` in a child process, as ``make run`` starts it."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         if "--log-level" not in args:
             args = (*args, "--log-level", "warning")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "example_app", *args],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.output = ChildOutput(self.proc)
-        self.wait_for = self.output.wait_for
+        super().__init__([sys.executable, "-m", "example_app", *args], env=env, name="example_app")
         self.url = ""
 
     def read_banner(self) -> str:
@@ -270,18 +206,11 @@ class ExampleApp:
         return m[0]
 
     def stop(self, timeout: float = 10) -> float:
-        """SIGTERM; seconds until the process exited."""
-        started = time.monotonic()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise AssertionError("example app did not stop on SIGTERM") from None
-        self.output.reader.join(5)
-        return time.monotonic() - started
+        """SIGTERM; seconds until the process exited (it must not need SIGKILL)."""
+        seconds = super().stop(timeout)
+        if self.killed:
+            raise AssertionError("example app did not stop on SIGTERM")
+        return seconds
 
 
 @contextlib.contextmanager
@@ -294,6 +223,7 @@ def example_app_process(*args: str, env: dict[str, str] | None = None) -> Iterat
             app.stop()
 
 
+@pytest.mark.slow
 async def test_python_m_example_app_banner_and_clean_stop() -> None:
     with example_app_process("--port", "0") as app:
         banner = app.read_banner()
@@ -353,20 +283,13 @@ def redis_server() -> Iterator[str]:
     need(binary is not None, "redis-server is not installed")
     assert binary is not None
     port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        ChildOutput(proc).wait_for("Ready to accept connections", timeout=10)
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    with ChildProcess([*command, "--appendonly", "no"]) as proc:
+        proc.wait_for("Ready to accept connections", timeout=10)
         yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
+@pytest.mark.redis
 async def test_two_workers_share_one_chat_through_redis() -> None:
     pytest.importorskip("redis")
     with redis_server() as redis_url:

@@ -15,7 +15,6 @@ import select
 import socket
 import struct
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -27,36 +26,11 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from h3_fastapi import H3Router, Message, Peer, WSError, define_websocket_handler
 from h3_fastapi.websocket import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_SEND_BUFFER_LIMIT
+from tests.recorders import Events as Recorder
 
 TIMEOUT = 5
 pytestmark = pytest.mark.filterwarnings("ignore:The `websockets` implementation is deprecated")
 WS_IMPLS = ["websockets-sansio", "wsproto", "websockets"]
-
-
-class Recorder:
-    """What the hooks saw, with a condition so tests wait instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, Any]] = []
-        self.changed = threading.Condition()
-
-    def add(self, kind: str, value: Any = None) -> None:
-        with self.changed:
-            self.events.append((kind, value))
-            self.changed.notify_all()
-
-    def of(self, kind: str) -> list[Any]:
-        with self.changed:
-            return [v for k, v in self.events if k == kind]
-
-    def wait(self, predicate: Callable[[Recorder], bool], timeout: float = TIMEOUT) -> None:
-        with self.changed:
-            if not self.changed.wait_for(lambda: predicate(self), timeout):
-                raise AssertionError(f"hooks never got there: {self.events}")
-
-    async def wait_for(self, kind: str, count: int = 1, timeout: float = TIMEOUT) -> list[Any]:
-        await asyncio.to_thread(self.wait, lambda r: len(r.of(kind)) >= count, timeout)
-        return self.of(kind)
 
 
 def recording_handler(rec: Recorder, **options: Any) -> Any:

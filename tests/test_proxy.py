@@ -1,4 +1,4 @@
-"""proxy / proxy_request / get_proxy_request_headers / fetch_with_event (SPEC §4).
+"""proxy / proxy_request / get_proxy_request_headers / fetch_with_event: forwarding and errors.
 
 Every test runs a real upstream (``tests/apps/proxy_app.py``) and a real proxy
 app on 127.0.0.1 with uvicorn, and talks to the proxy with httpx. Core
@@ -475,6 +475,7 @@ async def test_unreachable_upstream_is_502_without_detail(
     assert str(port) not in response.text
 
 
+@pytest.mark.slow
 async def test_timeout_is_504_for_headers_only(
     transport: str, live_server: Callable[..., LiveServer], upstream: Upstream
 ) -> None:

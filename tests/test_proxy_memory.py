@@ -1,4 +1,4 @@
-"""Bodies stream through the proxy in constant memory (SPEC §4).
+"""Bodies stream through the proxy in constant memory, downloads and uploads alike.
 
 A child-process proxy (``tests/apps/proxy_app.py:app``) relays a large
 download and a large upload between this test and a child-process upstream.
@@ -20,6 +20,7 @@ import pytest
 
 from tests.conftest import ChildServer, need
 
+pytestmark = pytest.mark.slow
 MIB = 1024 * 1024
 SIZE_MIB = max(256, int(os.environ.get("H3_PROXY_MEMORY_MIB", "256")))
 LIMIT = 64 * MIB

@@ -22,23 +22,7 @@ from h3_fastapi import EventStream, MemoryPubSub, PubSub, create_event_stream
 from h3_fastapi import publish as module_publish
 from h3_fastapi.pubsub import Outgoing, get_default_pubsub, parse_event_id, set_default_pubsub
 from tests.conftest import ROOT
-
-
-class Recorder:
-    """A subscriber that keeps what it was given."""
-
-    def __init__(self, namespace: str | None = None) -> None:
-        self.namespace = namespace
-        self.got: list[Outgoing] = []
-        self.lock = threading.Lock()
-
-    def deliver(self, outgoing: Outgoing) -> None:
-        with self.lock:
-            self.got.append(outgoing)
-
-    @property
-    def data(self) -> list[str | bytes]:
-        return [o.data for o in self.got]
+from tests.recorders import Subscriber as Recorder
 
 
 def test_memory_is_a_pubsub() -> None:

@@ -27,7 +27,6 @@ import logging
 import multiprocessing
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -48,7 +47,10 @@ from websockets.uri import parse_uri
 from h3_fastapi import MemoryPubSub, RedisPubSub
 from h3_fastapi.pubsub import Outgoing, get_default_pubsub, parse_event_id, set_default_pubsub
 from tests.conftest import ROOT, ChildServer, free_port, need
+from tests.processes import ChildProcess
+from tests.recorders import Subscriber as Recorder
 
+pytestmark = pytest.mark.redis
 TIMEOUT = 10
 
 # ---------------------------------------------------------------- helpers
@@ -59,7 +61,7 @@ class RedisServer:
 
     def __init__(self) -> None:
         self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: ChildProcess | None = None
 
     @property
     def url(self) -> str:
@@ -68,27 +70,13 @@ class RedisServer:
     def start(self) -> RedisServer:
         command = ["redis-server", "--save", "", "--appendonly", "no"]
         command += ["--port", str(self.port), "--bind", "127.0.0.1"]
-        self.proc = subprocess.Popen(
-            command,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
-            with contextlib.suppress(OSError):
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        return self
-            time.sleep(0.02)
-        raise RuntimeError("redis-server did not start")
+        self.proc = ChildProcess(command)
+        self.proc.wait_for("Ready to accept connections", timeout=10)
+        return self
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        if self.proc is not None:
             self.proc.kill()
-            self.proc.wait()
 
     def command(self, *args: str) -> Any:
         """Run one command with a fresh plain client (not the code under test)."""
@@ -120,35 +108,6 @@ def own_redis() -> Iterator[RedisServer]:
     server = RedisServer().start()
     yield server
     server.kill()
-
-
-class Recorder:
-    """A subscriber that keeps what it was given (any thread)."""
-
-    def __init__(self, namespace: str | None = None) -> None:
-        self.namespace = namespace
-        self.got: list[Outgoing] = []
-        self.changed = asyncio.Event()
-
-    def deliver(self, outgoing: Outgoing) -> None:
-        self.got.append(outgoing)
-        self.changed.set()
-
-    @property
-    def data(self) -> list[str | bytes]:
-        return [o.data for o in self.got]
-
-    async def wait_for(self, count: int, timeout: float = TIMEOUT) -> list[str | bytes]:
-        async def enough() -> None:
-            while len(self.got) < count:
-                self.changed.clear()
-                await self.changed.wait()
-
-        try:
-            await asyncio.wait_for(enough(), timeout)
-        except asyncio.TimeoutError:
-            raise AssertionError(f"got {len(self.got)} of {count}: {self.data[-5:]}") from None
-        return self.data
 
 
 async def eventually(

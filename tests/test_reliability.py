@@ -16,7 +16,6 @@ import os
 import signal
 import socket
 import struct
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -29,6 +28,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import ChildServer, free_port
 
+pytestmark = pytest.mark.slow
 APP = "tests.apps.reliability_app:app"
 SOAK_CYCLES = 20_000
 SOAK_WARMUP = 1_000
@@ -36,32 +36,21 @@ SOAK_CLIENTS = 16
 
 
 class Server:
-    """A child uvicorn whose output is drained in a thread (a full pipe would stall it)."""
+    """The reliability app in a child uvicorn (its output drained by ``ChildServer``)."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.child = ChildServer(APP, free_port(), ["--ws", "websockets-sansio", *args], env or {})
-        self.output: list[str] = []
-        self._reader = threading.Thread(target=self._drain, daemon=True)
-        self._reader.start()
+        self.child = ChildServer(APP, free_port(), ["--ws", "websockets-sansio", *args], env)
         self.child.wait_ready()
         self.http = self.child.url
         self.ws = self.child.ws_url
 
-    def _drain(self) -> None:
-        stdout = self.child.proc.stdout
-        assert stdout is not None
-        for line in stdout:
-            self.output.append(line.decode(errors="replace"))
-
     def finish(self) -> str:
         """Wait for the child to exit (after a signal) and return all it printed."""
-        self.child.proc.wait(15)
-        self._reader.join(5)
-        return "".join(self.output)
+        self.child.wait(15)
+        return self.child.text
 
     def stop(self) -> None:
         self.child.stop()
-        self._reader.join(5)
 
 
 @pytest.fixture(scope="module")
@@ -188,6 +177,7 @@ async def _run_cycles(url: str, total: int, latencies: list[float]) -> float:
     return time.perf_counter() - started
 
 
+@pytest.mark.soak
 @pytest.mark.timeout(180)
 async def test_soak_20000_cycles_leave_nothing_behind() -> None:
     srv = Server()

@@ -1,4 +1,4 @@
-"""Ways in (SPEC §1): H3 app, H3Router forms, use(), serve(), TestClient."""
+"""Ways in: H3 app, H3Router forms, use(), serve(), TestClient."""
 
 from __future__ import annotations
 

@@ -13,11 +13,7 @@ import asyncio
 import contextlib
 import importlib.util
 import json
-import socket
-import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,8 +22,10 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.conftest import ROOT, free_port, need
+from tests.conftest import free_port, need
+from tests.processes import ChildProcess
 
+pytestmark = pytest.mark.matrix
 APP = "tests.apps.matrix_app:app"
 TIMEOUT = 5
 
@@ -76,23 +74,12 @@ CLIENT_REASON_TO_APP = UVICORN
 SERVER_REASON_TO_CLIENT = UVICORN | {"hypercorn", "granian"}
 
 
-class Child:
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.port = free_port()
-        self.output: list[str] = []
-        self.proc = subprocess.Popen(
-            _command(name, self.port),
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        threading.Thread(target=self._drain, daemon=True).start()
+class Child(ChildProcess):
+    """One ASGI server running the matrix app on a free port."""
 
-    def _drain(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.output.append(line.decode(errors="replace"))
+    def __init__(self, name: str) -> None:
+        self.port = free_port()
+        super().__init__(_command(name, self.port), name=name)
 
     @property
     def url(self) -> str:
@@ -103,26 +90,12 @@ class Child:
         return f"ws://127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited early:\n{''.join(self.output)}")
-            with contextlib.suppress(OSError, httpx.HTTPError):
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    pass
-                if httpx.get(f"{self.url}/stats", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.05)  # polling a child's port: there is nothing to wait on
-        raise RuntimeError(f"{self.name} did not start:\n{''.join(self.output)}")
+        def answers() -> bool:
+            with contextlib.suppress(httpx.HTTPError):
+                return httpx.get(f"{self.url}/stats", timeout=2).status_code == 200
+            return False
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.wait_port(self.port, timeout, ready=answers)
 
 
 @pytest.fixture(scope="module", params=SERVERS)

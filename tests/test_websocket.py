@@ -1,4 +1,4 @@
-"""WebSocket behaviours of SPEC §2 against a real uvicorn and `websockets` clients."""
+"""WebSocket hooks, publish, upgrade and close behaviours on a real uvicorn with `websockets`."""
 
 from __future__ import annotations
 

@@ -6,12 +6,14 @@ import asyncio
 from typing import Any
 
 import httpx
+import pytest
 import websockets
 from fastapi import FastAPI
 from websockets.exceptions import ConnectionClosed
 
 from h3_fastapi import H3Router, Peer, define_websocket_handler
 
+pytestmark = pytest.mark.slow
 TIMEOUT = 30
 
 
