@@ -24,7 +24,7 @@ def _line(span: ReadableSpan) -> str:
 
 
 provider = TracerProvider()
-_out = open(os.environ["TRACE_FILE"], "a", encoding="utf-8")  # noqa: SIM115 - for the process
+_out = open(os.environ["TRACE_FILE"], "a", encoding="utf-8")  # open for the process
 provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=_out, formatter=_line)))
 enable_tracing(provider)
 
