@@ -28,6 +28,7 @@ from h3_fastapi import (
     Peer,
     create_event_stream,
     disable_metrics,
+    disable_tracing,
     metrics_app,
     proxy,
 )
@@ -227,6 +228,7 @@ async def test_scripted_session_exact_counts(live_server: Any, registry: Collect
 async def test_disabled_counts_nothing_and_registers_no_watch(live_server: Any) -> None:
     """Without metrics (or limits, or tracing) a connection carries no watch at all."""
     disable_metrics()
+    disable_tracing()
     assert not ops.on
     seen: list[Any] = []
     h3 = H3Router()
