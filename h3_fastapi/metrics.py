@@ -12,14 +12,40 @@ multiprocess mode does not take custom collectors.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import operator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from ._ops import Counts, Histogram, ops
+from ._ops import Counts, Histogram, RouteStats, ops
 
 __all__ = ["H3Collector", "disable_metrics", "enable_metrics", "metrics_app"]
 
 _registered: dict[int, Any] = {}  # id(registry) -> its H3Collector
+
+_WS = "h3_websocket_"
+
+# Counters per route: (metric name without _total, RouteStats field, help).
+_TRAFFIC = (
+    ("messages_received", "messages_in", "Frames received from peers."),
+    ("received_bytes", "bytes_in", "Bytes received from peers (UTF-8 for text)."),
+    ("messages_sent", "messages_out", "Frames queued to peers (sends and publishes)."),
+    ("sent_bytes", "bytes_out", "Bytes queued to peers (UTF-8 for text)."),
+    ("slow_peer_closes", "slow_closes", "Peers closed 1013: send buffer full."),
+)
+
+
+def _per_route(routes: list[RouteStats], family: Any, value: Callable[[RouteStats], Any]) -> Any:
+    for stats in routes:
+        family.add_metric([stats.route], value(stats))
+    return family
+
+
+def _per_key(routes: list[RouteStats], family: Any, field: str) -> Any:
+    """One sample per route and key of the dict ``field`` (reason, hook, action)."""
+    for stats in routes:
+        for key, count in sorted(getattr(stats, field).items()):
+            family.add_metric([stats.route, key], count)
+    return family
 
 
 class H3Collector:
@@ -35,6 +61,7 @@ class H3Collector:
 
     def collect(self) -> Iterator[Any]:
         yield from self._websocket()
+        yield from self._websocket_traffic()
         yield from self._event_streams()
         yield from self._proxy()
         yield from self._backplanes()
@@ -43,69 +70,60 @@ class H3Collector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         routes = list(self.counts.routes.values())
-        prefix = "h3_websocket_"
-
-        def per_route(family: Any, value: Any) -> Any:
-            for stats in routes:
-                family.add_metric([stats.route], value(stats))
-            return family
-
-        def per_reason(family: Any, field: str) -> Any:
-            for stats in routes:
-                for key, count in sorted(getattr(stats, field).items()):
-                    family.add_metric([stats.route, key], count)
-            return family
-
         route = ["route"]
-        yield per_route(
-            GaugeMetricFamily(prefix + "peers", "Open WebSocket peers.", labels=route),
+        yield _per_route(
+            routes,
+            GaugeMetricFamily(_WS + "peers", "Open WebSocket peers.", labels=route),
             lambda s: len(s.open),
         )
-        yield per_route(
-            CounterMetricFamily(
-                prefix + "connections_accepted", "Handshakes accepted.", labels=route
-            ),
+        yield _per_route(
+            routes,
+            CounterMetricFamily(_WS + "connections_accepted", "Handshakes accepted.", labels=route),
             lambda s: s.accepted,
         )
-        yield per_reason(
+        yield _per_key(
+            routes,
             CounterMetricFamily(
-                prefix + "connections_rejected",
+                _WS + "connections_rejected",
                 "Handshakes refused, by reason: origin (403), limit (max_peers, 503), "
                 "rate (connections per address, 429), upgrade (the upgrade hook).",
                 labels=["route", "reason"],
             ),
             "rejected",
         )
-        for name, field, text in (
-            ("messages_received", "messages_in", "Frames received from peers."),
-            ("received_bytes", "bytes_in", "Bytes received from peers (UTF-8 for text)."),
-            ("messages_sent", "messages_out", "Frames queued to peers (sends and publishes)."),
-            ("sent_bytes", "bytes_out", "Bytes queued to peers (UTF-8 for text)."),
-            ("slow_peer_closes", "slow_closes", "Peers closed 1013: send buffer full."),
-        ):
-            yield per_route(
-                CounterMetricFamily(prefix + name, text, labels=route),
-                lambda s, field=field: getattr(s, field),
-            )
-        yield per_route(
+        yield _per_route(
+            routes,
             GaugeMetricFamily(
-                prefix + "send_buffer_bytes",
+                _WS + "send_buffer_bytes",
                 "Bytes queued for open peers, not yet handed to the server.",
                 labels=route,
             ),
             lambda s: s.send_buffer_bytes(),
         )
-        yield per_reason(
+
+    def _websocket_traffic(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        routes = list(self.counts.routes.values())
+        for name, field, text in _TRAFFIC:
+            yield _per_route(
+                routes,
+                CounterMetricFamily(_WS + name, text, labels=["route"]),
+                operator.attrgetter(field),
+            )
+        yield _per_key(
+            routes,
             CounterMetricFamily(
-                prefix + "hook_errors",
+                _WS + "hook_errors",
                 "Hooks that raised, by hook (transport: the connection failed).",
                 labels=["route", "hook"],
             ),
             "hook_errors",
         )
-        yield per_reason(
+        yield _per_key(
+            routes,
             CounterMetricFamily(
-                prefix + "rate_limited",
+                _WS + "rate_limited",
                 "Frames over the rate limit, by action (dropped, closed).",
                 labels=["route", "action"],
             ),
@@ -188,7 +206,12 @@ def enable_metrics(registry: Any = None) -> None:
 
     Idempotent. Needs ``pip install 'h3-fastapi[metrics]'``.
     """
-    from prometheus_client import REGISTRY
+    try:
+        from prometheus_client import REGISTRY
+    except ImportError as exc:
+        raise ImportError(
+            "metrics need prometheus-client: pip install 'h3-fastapi[metrics]'"
+        ) from exc
 
     registry = REGISTRY if registry is None else registry
     if ops.counts is None:
@@ -214,8 +237,7 @@ def metrics_app(registry: Any = None) -> Any:
     ``app.mount("/metrics", metrics_app())``. ``registry`` defaults to
     prometheus-client's ``REGISTRY`` (so process and Python metrics come too).
     """
+    enable_metrics(registry)
     from prometheus_client import REGISTRY, make_asgi_app
 
-    registry = REGISTRY if registry is None else registry
-    enable_metrics(registry)
-    return make_asgi_app(registry)
+    return make_asgi_app(REGISTRY if registry is None else registry)

@@ -50,8 +50,15 @@ class Tracing:
     __slots__ = ("message_events", "propagator", "tracer")
 
     def __init__(self, tracer_provider: Any = None, *, message_events: bool = True) -> None:
-        from opentelemetry import trace
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+        try:
+            from opentelemetry import trace
+            from opentelemetry.trace.propagation.tracecontext import (
+                TraceContextTextMapPropagator,
+            )
+        except ImportError as exc:
+            raise ImportError(
+                "tracing needs opentelemetry-api: pip install 'h3-fastapi[otel]'"
+            ) from exc
 
         self.tracer = trace.get_tracer(_SCOPE, tracer_provider=tracer_provider)
         self.propagator = TraceContextTextMapPropagator()
