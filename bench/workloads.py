@@ -134,6 +134,12 @@ def _ws(key: str, label: str, app: str, path: str) -> Variant:
     return Variant(key, label, ServerSpec("python", f"{WS_APPS}:{app}"), path)
 
 
+def _ws_metrics(path: str) -> Variant:
+    """The h3-fastapi app with metrics enabled (``metrics_app()`` mounted): their cost."""
+    spec = ServerSpec("python", f"{WS_APPS}:h3", env=(("H3_BENCH_METRICS", "1"),))
+    return Variant("h3-fastapi-metrics", "h3-fastapi, metrics on", spec, path)
+
+
 def _ws_node(path: str) -> Variant:
     spec = ServerSpec("node", "ws_server.mjs")
     return Variant("node-h3", "h3 v2 + crossws (Node)", spec, path, _node_anchors)
@@ -146,6 +152,7 @@ ECHO = Workload(
     higher_is_better=True,
     variants=[
         _ws("h3-fastapi", "h3-fastapi (FastAPI app, H3Router.ws)", "h3", "/echo"),
+        _ws_metrics("/echo"),
         _ws("h3-starlette", "h3-fastapi handler on a Starlette app", "h3_starlette", "/echo"),
         _ws("starlette", "raw Starlette", "starlette", "/echo"),
         _ws("fastapi", "FastAPI @app.websocket", "fastapi", "/echo"),
@@ -153,6 +160,13 @@ ECHO = Workload(
     ],
     cases=[Case("100 connections", {"connections": 100, "size": 32})],
     targets=[
+        Target(
+            "echo, metrics on >= 0.95x metrics off",
+            "100 connections",
+            "h3-fastapi-metrics",
+            "h3-fastapi",
+            0.95,
+        ),
         Target("echo >= 0.95x raw Starlette", "100 connections", "h3-fastapi", "starlette", 0.95),
         Target(
             "echo >= 0.95x raw Starlette (both on Starlette)",
@@ -195,12 +209,22 @@ BROADCAST = Workload(
     higher_is_better=True,
     variants=[
         _ws("h3-fastapi", "h3-fastapi peer.publish", "h3", "/broadcast"),
+        _ws_metrics("/broadcast"),
         _ws("starlette", "Starlette loop over a set", "starlette", "/broadcast"),
         _ws_node("/broadcast"),
     ],
     cases=[Case("1000 x 100", {"subscribers": 1000, "messages": 100, "warmup": 10})],
     targets=[
-        Target("broadcast >= 1.2x the Starlette loop", "1000 x 100", "h3-fastapi", "starlette", 1.2)
+        Target(
+            "broadcast >= 1.2x the Starlette loop", "1000 x 100", "h3-fastapi", "starlette", 1.2
+        ),
+        Target(
+            "broadcast, metrics on >= 0.95x metrics off",
+            "1000 x 100",
+            "h3-fastapi-metrics",
+            "h3-fastapi",
+            0.95,
+        ),
     ],
     measure=_measure_broadcast,
     describe=(

@@ -12,11 +12,15 @@ from ._proxy import ProxyOptions, fetch_with_event, proxy, proxy_request
 from ._transports import close_proxy_clients
 from ._websocket_proxy import create_websocket_proxy
 from .asyncapi import add_asyncapi, get_asyncapi
+from .health import backplane_status, health_router
+from .limits import RateLimit
 from .message import Message
+from .metrics import disable_metrics, enable_metrics, metrics_app
 from .peer import CloseDetails, Peer
 from .pubsub import Backplane, MemoryPubSub, PubSub, publish
 from .redis import RedisPubSub
 from .routing import H3, H3Router, Server, serve
+from .tracing import disable_tracing, enable_tracing
 from .websocket import (
     WebSocketHandler,
     WSError,
@@ -41,22 +45,30 @@ __all__ = [
     "Peer",
     "ProxyOptions",
     "PubSub",
+    "RateLimit",
     "RedisPubSub",
     "Server",
     "TargetNotAllowed",
     "WSError",
     "WebSocketHandler",
     "add_asyncapi",
+    "backplane_status",
     "close_proxy_clients",
     "create_event_stream",
     "create_websocket_proxy",
     "define_websocket",
     "define_websocket_handler",
+    "disable_metrics",
+    "disable_tracing",
+    "enable_metrics",
+    "enable_tracing",
     "event_stream",
     "fetch_with_event",
     "get_asyncapi",
     "get_proxy_request_headers",
+    "health_router",
     "join_proxy_path",
+    "metrics_app",
     "proxy",
     "proxy_request",
     "publish",

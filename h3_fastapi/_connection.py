@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.websockets import WebSocket
 
+    from ._ops import PeerWatch
+
 __all__ = ["CLOSE_TIMEOUT", "ConnectionState", "PeerTable", "Upgrade", "deny", "upgrade_result"]
 
 # Seconds a closing peer may take to get its close frame out before it is cut.
@@ -228,6 +230,7 @@ class _Connection(Outbox[Outgoing]):
         "state",
         "terminated",
         "topics",
+        "watch",
         "websocket",
     )
 
@@ -270,6 +273,8 @@ class _Connection(Outbox[Outgoing]):
         self.reader: asyncio.Task[Any] | None = None
         self.main: asyncio.Task[Any] | None = None
         self.peer = Peer(self, request, namespace)
+        # ops: metrics, rate limit, span (_ops.py); None when none is enabled.
+        self.watch: PeerWatch | None = None
 
     def _move(self, state: ConnectionState) -> None:
         """Change state; the state only moves forward."""
@@ -341,6 +346,8 @@ class _Connection(Outbox[Outgoing]):
         limit = self.max_message_size
         if limit is not None and len(data) * 4 > limit and _too_big(data, limit):
             self.close(1009, "message too big")
+            return None
+        if self.watch is not None and not self.watch.received(self, data):  # ops
             return None
         on_message = self.hooks.message
         if on_message is None:
@@ -461,6 +468,8 @@ class _Connection(Outbox[Outgoing]):
         """Queue an encoded frame unless closing; any thread."""
         if self.state is not _OPEN:
             return DONE
+        if self.watch is not None:  # ops
+            self.watch.sent(outgoing)
         written = self.put(outgoing, outgoing.size)
         if self.drain_at is not None and self._buffered >= self.drain_at:
             self.drain_armed = True
@@ -508,6 +517,8 @@ class _Connection(Outbox[Outgoing]):
             self.peer,
             self._limit,
         )
+        if self.watch is not None:  # ops
+            self.watch.overflowed()
         # Free the memory now; the frame being written keeps its own reference.
         self.clear()
         self._closing(1013, "send buffer full", 1.0)
@@ -523,6 +534,8 @@ class _Connection(Outbox[Outgoing]):
             return
         self._move(_CLOSED)
         self.close_details = CloseDetails(code, reason)
+        if self.watch is not None:  # ops
+            self.watch.closed(self, code)
         if self.close_timer is not None:
             self.close_timer.cancel()
             self.close_timer = None

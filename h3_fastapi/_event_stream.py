@@ -32,6 +32,7 @@ from starlette.types import Receive, Scope, Send
 from . import _shutdown
 from ._compat import spawn, uncancel, worker_thread_loop
 from ._hooks import logger, run_callback
+from ._ops import ops
 from ._outbox import Outbox
 from ._serialize import to_text
 from ._sse import EventStreamMessage, encode, format_comment, format_event
@@ -304,6 +305,8 @@ class EventStream(Response):
         if self._state in _ENDED:
             return DONE
         data = encode(message)
+        if ops.on:
+            ops.pushed(message)
         return self._queue(data) if data else DONE
 
     def push_comment(self, text: str) -> Awaitable[None]:
@@ -315,6 +318,8 @@ class EventStream(Response):
     def deliver(self, outgoing: Outgoing) -> None:
         """The pub/sub entry point: queue an already-encoded publish as an event (any thread)."""
         if not self.is_closed:
+            if ops.on:
+                ops.pushed(outgoing)
             text = format_event(to_text(outgoing.data), outgoing.id)
             self._queue(text.encode("utf-8", "replace"))
 
@@ -459,6 +464,8 @@ class EventStream(Response):
                 task.cancel()
         if self._started:
             _shutdown.remove_server_exit(self)
+            if ops.on:
+                ops.stream_closed(self)
         if self._done is not None and not self._done.done():
             self._done.set_result(None)
         callbacks, self._callbacks = self._callbacks, []
@@ -537,6 +544,8 @@ class EventStream(Response):
         """Start the helpers (listener, heartbeat, generator) and write until closed."""
         if self._state is _NEW:
             self._state = _OPEN
+        if ops.on:
+            ops.stream_opened(self)
         _shutdown.on_server_exit(self, self._server_exit)
         if self._listener is None or self._listener.done():
             self._listener = loop.create_task(self._listen(receive))

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from anyio import to_thread
 
+from ._ops import ops
 from ._typing import hook_error, is_async_callable, typed_message_hook
 
 if TYPE_CHECKING:
@@ -146,6 +147,8 @@ class Hooks:
         The close code is 1011, or 1007 for a message a typed hook could not validate
         (``error.__cause__`` is then the ``ValidationError``).
         """
+        if ops.on:
+            ops.hook_failed(peer, name)
         what = "transport failed" if name == "transport" else f"{name} hook raised"
         cause, code, reason = hook_error(exc)
         error = WSError(f"{what} {type(cause).__name__}: {cause}")

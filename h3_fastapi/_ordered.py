@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from . import _envelope
 from ._compat import resolve, spawn
 from ._hooks import logger
+from ._ops import ops
 from ._supervise import supervise
 from .pubsub import Outgoing, Subscriber
 
@@ -37,7 +38,16 @@ class Publish:
     Safe to await from any thread and any loop.
     """
 
-    __slots__ = ("_done", "_waiters", "exclude", "namespace", "outgoing", "topic")
+    __slots__ = (
+        "_done",
+        "_waiters",
+        "exclude",
+        "extensions",
+        "namespace",
+        "outgoing",
+        "started",
+        "topic",
+    )
 
     def __init__(
         self, topic: str, outgoing: Outgoing, namespace: str | None, exclude: Subscriber | None
@@ -46,6 +56,10 @@ class Publish:
         self.outgoing = outgoing
         self.namespace = namespace
         self.exclude = exclude
+        # Set by _ops.publishing when metrics or tracing are on: the envelope's
+        # extensions (a trace context) and when publish() was called (the lag).
+        self.extensions: dict[str, Any] | None = None
+        self.started = 0.0
         self._done = False
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] | None = None
 
@@ -183,7 +197,8 @@ class OrderedPublisher:
         owner = self.owner
         origin = owner.origin
         wire = [
-            (p.topic, _envelope.encode(origin, p.namespace, p.outgoing.data)) for p in publishes
+            (p.topic, _envelope.encode(origin, p.namespace, p.outgoing.data, p.extensions))
+            for p in publishes
         ]
         try:
             results = await owner.backplane.publish(wire)
@@ -203,6 +218,8 @@ class OrderedPublisher:
                 outgoing = Outgoing(item.outgoing.data, result)
                 owner.deliver_local(item.topic, outgoing, item.namespace, item.exclude)
             item.finish()
+        if ops.on:
+            ops.published(owner, publishes)
         if failure is not None:
             owner.outage("publish", failure)
         else:

@@ -42,6 +42,7 @@ from ._headers import (
     x_forwarded,
 )
 from ._hooks import call_maybe_async, logger
+from ._ops import ops
 from ._transports import AppTransport, app_of, internal_url, pooled_client
 
 __all__ = [
@@ -420,6 +421,7 @@ def _describe(exc: BaseException, target: str) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+@ops.observe_proxy  # metrics and span per proxied request, when enabled (_ops.py)
 async def _forward(
     request: Request, target: str, outgoing: _Outgoing, watch: _ClientWatch, options: ProxyOptions
 ) -> Response:

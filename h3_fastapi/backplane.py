@@ -41,6 +41,7 @@ from . import _envelope
 from ._catch_up import CatchUps
 from ._compat import resolve, spawn, worker_thread_loop
 from ._hooks import logger
+from ._ops import ops
 from ._ordered import OrderedPublisher, Publish
 from .pubsub import DONE, Backplane, MemoryPubSub, Outgoing, Subscriber
 
@@ -148,6 +149,8 @@ class BackplanePubSub:
             self.local.deliver_local(topic, outgoing, namespace, exclude)
         if self.bind_loop() is not None:
             item = Publish(topic, outgoing, namespace, exclude)
+            if ops.on:
+                ops.publishing(item)
             self._on_loop(self.enqueue, item)
             return item
         if self.history:
@@ -261,6 +264,10 @@ class BackplanePubSub:
             return
         if decoded.origin == self.origin:
             return
+        if decoded.extensions is not None and ops.on:  # a trace context (_ops.py)
+            outgoing = Outgoing(decoded.data, event_id)
+            ops.delivered(self, topic, outgoing, decoded.namespace, decoded.extensions)
+            return
         self.deliver_local(topic, Outgoing(decoded.data, event_id), decoded.namespace)
 
     def subscribed(self, topic: str) -> None:
@@ -272,6 +279,8 @@ class BackplanePubSub:
 
     def connection_made(self) -> None:
         self._connected = True
+        if ops.on:
+            ops.backplane_up(self)
         self._confirmed.clear()
         if self._down:
             self._down = False
@@ -283,6 +292,8 @@ class BackplanePubSub:
 
     def connection_lost(self, error: Exception) -> None:
         self._connected = False
+        if ops.on:
+            ops.backplane_down(self)
         self._confirmed.clear()
         self._down = True
         self.outage("subscribe", error)

@@ -36,9 +36,11 @@ from ._hooks import (
     call_in_thread,
     call_maybe_async,
 )
+from ._ops import ops
 from ._rejection import deny, install_quiet_denials, rejection_for
 from ._responses import exception_to_response, to_response
 from ._typing import hooks_message_type
+from .limits import RateLimit
 from .peer import CloseDetails, Peer
 from .pubsub import PubSub, get_default_pubsub
 
@@ -100,6 +102,9 @@ class WebSocketOptions(TypedDict, total=False):
     #: ``drain`` runs when a buffer that reached this many bytes is written out
     #: (default: half of ``send_buffer_limit``).
     drain_threshold: int | None
+    #: What each peer may send and how often one client address may connect
+    #: (``h3_fastapi.limits.RateLimit``).
+    rate_limit: RateLimit | None
 
 
 _OPTION_NAMES = frozenset(WebSocketOptions.__annotations__)
@@ -230,6 +235,7 @@ class WebSocketHandler:
             drain_threshold if drain_threshold is not None else max(1, self.send_buffer_limit // 2)
         )
         self.namespace = options.get("namespace")
+        self.rate_limit = options.get("rate_limit")
         self._peers = PeerTable()
         # Route path patterns this handler serves: as registered (router prefix
         # included), then as reached (app prefixes and mounts included).
@@ -375,10 +381,20 @@ class WebSocketHandler:
             return
         request = _upgrade_request(scope)
         if not self._origin_allowed(request):
+            if ops.on:
+                ops.rejected(scope, "origin")
             await deny(scope, send, PlainTextResponse("Origin not allowed", status_code=403))
+            return
+        too_many = self.rate_limit.admit(request) if self.rate_limit is not None else None
+        if too_many is not None:  # limits.py: connections per client address
+            if ops.on:
+                ops.rejected(scope, "rate")
+            await deny(scope, send, too_many)
             return
         # The slot is taken before any await, so concurrent upgrades cannot overshoot.
         if not self._peers.reserve(self.max_peers):
+            if ops.on:
+                ops.rejected(scope, "limit")
             await deny(scope, send, PlainTextResponse("Too many connections", status_code=503))
             return
         if "route" in scope:
@@ -387,6 +403,8 @@ class WebSocketHandler:
         try:
             hooks, upgrade, websocket = await self._upgrade(request, receive, send, websocket)
             if upgrade.rejection is not None:
+                if ops.on:
+                    ops.rejected(scope, "upgrade")
                 await deny(scope, send, upgrade.rejection)
                 return
             if upgrade.context:
@@ -413,13 +431,16 @@ class WebSocketHandler:
                 protocol=upgrade.protocol,
                 drain_threshold=self.drain_threshold,
             )
+            if ops.on or self.rate_limit is not None:
+                connection.watch = ops.watch(connection, scope, self.rate_limit)
         finally:
             if connection is None:
                 self._peers.release()
                 if websocket is not None:
                     await close_own_stacks(websocket.scope)
         try:
-            await connection.run()
+            watch = connection.watch
+            await (connection.run() if watch is None else watch.run(connection))
         finally:
             if websocket is not None:
                 await close_own_stacks(websocket.scope)

@@ -7,6 +7,8 @@ workload use it too). ``/broadcast`` subscribes the connection; with
 
 from __future__ import annotations
 
+import os
+
 from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
@@ -49,6 +51,12 @@ h3_router.ws("/broadcast", Broadcast)
 
 h3 = FastAPI()
 h3.include_router(h3_router)
+
+# The "metrics on" variants (bench/workloads.py): the same app, counting, /metrics mounted.
+if os.environ.get("H3_BENCH_METRICS") == "1":
+    from h3_fastapi import metrics_app
+
+    h3.mount("/metrics", metrics_app())
 
 # The same handlers as plain ASGI endpoints of a Starlette app (no FastAPI layer),
 # to compare like with like against raw Starlette.
