@@ -8,6 +8,8 @@ from . import _openapi
 from ._event_stream import EventStream, EventStreamMessage, create_event_stream, event_stream
 from ._guard import TargetNotAllowed
 from ._headers import get_proxy_request_headers, join_proxy_path
+from ._positions import Recovery
+from ._presence import Presence, presence
 from ._proxy import ProxyOptions, fetch_with_event, proxy, proxy_request
 from ._transports import close_proxy_clients
 from ._websocket_proxy import create_websocket_proxy
@@ -39,8 +41,10 @@ __all__ = [
     "MemoryPubSub",
     "Message",
     "Peer",
+    "Presence",
     "ProxyOptions",
     "PubSub",
+    "Recovery",
     "RedisPubSub",
     "Server",
     "TargetNotAllowed",
@@ -57,6 +61,7 @@ __all__ = [
     "get_asyncapi",
     "get_proxy_request_headers",
     "join_proxy_path",
+    "presence",
     "proxy",
     "proxy_request",
     "publish",

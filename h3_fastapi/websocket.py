@@ -163,6 +163,12 @@ class WebSocketHandler:
         """
         return self._pubsub().publish(topic, data, namespace=namespace)
 
+    async def presence(self, topic: str) -> list[dict[str, Any]]:
+        """The members of ``topic`` in every process (``{"id", "info"}`` each); see ``presence``."""
+        from ._presence import presence
+
+        return await presence(topic, pubsub=self._pubsub())
+
     def close_all(self, code: int = 1001, reason: str = "") -> None:
         """Close every open peer of this handler."""
         self._peers.close_all(code, reason)

@@ -165,13 +165,15 @@ def test_history_stamps_increasing_ids_and_keeps_the_last_n() -> None:
     assert all(i is not None and re.fullmatch(r"\d+-\d+", i) for i in ids)
     keys = [parse_event_id(i) for i in ids]
     assert keys == sorted(keys) and len(set(keys)) == 8  # strictly increasing
-    # Every id after the 3rd: the last five are still kept.
-    assert [o.data for o in pubsub.replay("t", ids[2])] == ["3", "4", "5", "6", "7"]
+    # After the oldest kept id (the 4th publish): the four after it.
+    assert [o.data for o in pubsub.replay("t", ids[3])] == ["4", "5", "6", "7"]
     assert [o.id for o in pubsub.replay("t", ids[5])] == ids[6:]
     assert pubsub.replay("t", ids[-1]) == []
-    # Older than what is kept: everything kept (the client missed more than N).
-    assert [o.data for o in pubsub.replay("t", ids[0])] == ["3", "4", "5", "6", "7"]
-    assert [o.data for o in pubsub.replay("t", "0-0")] == ["3", "4", "5", "6", "7"]
+    # An id no longer kept: nothing, never the whole history (a gap would be
+    # silent); subscribe_from tells such a subscriber to resync.
+    assert pubsub.replay("t", ids[2]) == []
+    assert pubsub.replay("t", ids[0]) == []
+    assert pubsub.replay("t", "0-0") == []
     # Not an id of ours, no id, another topic: nothing.
     assert pubsub.replay("t", "client-made-id") == []
     assert pubsub.replay("t", None) == []
@@ -182,7 +184,12 @@ def test_history_is_kept_without_subscribers_and_off_by_default() -> None:
     pubsub = MemoryPubSub(history=3)
     pubsub.publish("t", "a")
     pubsub.publish("t", "b")
-    assert [o.data for o in pubsub.replay("t", "0")] == ["a", "b"]
+    first = pubsub.replay("t", "0")  # not kept: nothing
+    assert first == []
+    sub = Recorder()
+    pubsub.subscribe_from("t", sub, "0")
+    pubsub.publish("t", "c")
+    assert sub.data == ["c"]
     plain = MemoryPubSub()
     plain.publish("t", "a")
     assert plain.replay("t", "0") == []
@@ -301,10 +308,12 @@ async def test_docs_scaling_memory_example(live_server: Any) -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     server = live_server(module.app)
+    seen = Recorder()
+    module.pubsub.subscribe("ticks", seen)
     async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:
         for value in range(3):
             assert (await client.post("/ticks", params={"value": value})).status_code == 200
-        kept = module.pubsub.replay("ticks", "0")
+        kept = seen.got
         assert [o.data for o in kept] == ["0", "1", "2"]
         headers = {"Last-Event-ID": kept[0].id}
         async with client.stream("GET", "/ticks", headers=headers) as response:
