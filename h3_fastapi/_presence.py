@@ -151,11 +151,12 @@ class Presence:
         """Remove a member of ``topic`` in this process (no error if it was not one)."""
         with self._lock:
             members = self._local.get(topic)
-            if not members or members.pop(member_id, None) is None:
+            entry = members.pop(member_id, None) if members else None
+            if entry is None:
                 return
             if not members:
                 del self._local[topic]
-        self._send({"t": "leave", "topic": topic, "id": member_id})
+        self._send({"t": "leave", "topic": topic, "id": member_id, "info": entry.info})
 
     def members(self, topic: str) -> list[dict[str, Any]]:
         """The members of ``topic`` in every process known now: ``{"id", "info"}`` each.
