@@ -18,6 +18,7 @@ from .message import Message
 from .peer import CloseDetails, Peer
 from .pubsub import Backplane, MemoryPubSub, PubSub, publish
 from .redis import RedisPubSub
+from .resumable import cancel_resumable, resumable_stream, start_resumable
 from .routing import H3, H3Router, Server, serve
 from .websocket import (
     WebSocketHandler,
@@ -51,6 +52,7 @@ __all__ = [
     "WSError",
     "WebSocketHandler",
     "add_asyncapi",
+    "cancel_resumable",
     "close_proxy_clients",
     "create_event_stream",
     "create_websocket_proxy",
@@ -65,5 +67,7 @@ __all__ = [
     "proxy",
     "proxy_request",
     "publish",
+    "resumable_stream",
     "serve",
+    "start_resumable",
 ]

@@ -8,7 +8,9 @@ missed if, and only if, ``P`` itself is still in the history: then everything
 after ``P`` is there too, none trimmed in between. When ``P`` is gone, the
 history was trimmed past it, flushed (Redis ``FLUSHALL``) or lost with a
 restarted process (a new epoch): the subscriber is told to resync instead of
-being fed a gap. This is the rule of Centrifugo's offsets and epochs, checked
+being fed a gap. The position ``"0-0"`` asks for everything still kept, from the start (a
+resumable stream, or a client that never got anything). This is the rule of
+Centrifugo's offsets and epochs, checked
 with one history read and no extra state per topic, so it holds on every
 backplane whose history is an append-only log.
 """
@@ -74,6 +76,7 @@ class Resolved:
 def id_before(event_id: str) -> str | None:
     """The greatest id below ``event_id``: a history read after it includes ``event_id``.
 
+    ``"0-0"`` (the start of a topic) gives itself: read everything kept.
     ``None`` for something that is not an event id.
     """
     key = parse_event_id(event_id)
@@ -84,7 +87,7 @@ def id_before(event_id: str) -> str | None:
         return f"{epoch}-{offset - 1}"
     if epoch > 0:
         return f"{epoch - 1}-{MAX_PART}"
-    return None  # "0-0": nothing can come before it
+    return "0-0"  # the start: read everything kept
 
 
 def recover(
@@ -97,6 +100,8 @@ def recover(
     """
     position = read[-1].id if read else None
     seen = parse_event_id(last_seen)
+    if seen == (0, 0):  # "from the start": everything kept, as asked
+        return list(read), Recovery(topic, True, len(read), position)
     if read and seen is not None and parse_event_id(read[0].id) == seen:
         missed = list(read[1:])
         return missed, Recovery(topic, True, len(missed), position)

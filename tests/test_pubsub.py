@@ -173,7 +173,8 @@ def test_history_stamps_increasing_ids_and_keeps_the_last_n() -> None:
     # silent); subscribe_from tells such a subscriber to resync.
     assert pubsub.replay("t", ids[2]) == []
     assert pubsub.replay("t", ids[0]) == []
-    assert pubsub.replay("t", "0-0") == []
+    # "0-0" is the start: everything still kept, as asked.
+    assert [o.data for o in pubsub.replay("t", "0-0")] == ["3", "4", "5", "6", "7"]
     # Not an id of ours, no id, another topic: nothing.
     assert pubsub.replay("t", "client-made-id") == []
     assert pubsub.replay("t", None) == []
@@ -184,10 +185,9 @@ def test_history_is_kept_without_subscribers_and_off_by_default() -> None:
     pubsub = MemoryPubSub(history=3)
     pubsub.publish("t", "a")
     pubsub.publish("t", "b")
-    first = pubsub.replay("t", "0")  # not kept: nothing
-    assert first == []
+    assert [o.data for o in pubsub.replay("t", "0")] == ["a", "b"]  # from the start
     sub = Recorder()
-    pubsub.subscribe_from("t", sub, "0")
+    pubsub.subscribe_from("t", sub, "1-0")  # not kept: a resync, nothing replayed
     pubsub.publish("t", "c")
     assert sub.data == ["c"]
     plain = MemoryPubSub()
