@@ -21,6 +21,7 @@ from example_app.resumable import ANSWER
 from h3_fastapi import MemoryPubSub, start_resumable
 from tests.conftest import ChildServer, free_port
 from tests.sse_client import next_event
+from tests.test_browser_demo import browser  # noqa: F401 - the fixture
 from tests.test_redis import RedisServer, need_redis
 
 TIMEOUT = 10
@@ -141,3 +142,28 @@ async def test_redis_resume_and_cancel_from_another_worker(two_workers: list[Chi
     ):
         await resume_exactly(first, second)
         await cancel_elsewhere(first, second)
+
+
+def test_browser_reload_mid_answer_continues_on_another_worker(
+    browser: Any, two_workers: list[ChildServer]
+) -> None:
+    """Headless Chromium: reload mid-answer, resume from worker B: the text is exact."""
+    from playwright.sync_api import expect
+
+    a, b = two_workers
+    pids = [httpx.get(child.url + "/answer").headers["x-worker-pid"] for child in (a, b)]
+    assert pids[0] != pids[1]
+    page = browser.new_page()
+    page.goto(a.url + "/answer")
+    page.click("#ask")
+    page.wait_for_function(
+        "document.getElementById('answer').textContent.split(' ').length > 6", timeout=10_000
+    )
+    before = page.inner_text("#answer")
+    expect(page.locator("#worker")).to_have_text(pids[0])
+    page.goto(a.url + "/answer?server=" + b.url)  # a reload, the stream from worker B
+    expect(page.locator("#status")).to_have_attribute("data-state", "done", timeout=15_000)
+    assert page.locator("#worker").inner_text() == pids[1]
+    text = page.locator("#answer").text_content()
+    assert text == "".join(WORDS)  # every word once, in order, across the reload
+    assert len(before.split()) < len(WORDS)  # it was reloaded mid-answer
