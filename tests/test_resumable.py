@@ -19,10 +19,12 @@ import pytest
 
 from example_app.resumable import ANSWER
 from h3_fastapi import MemoryPubSub, start_resumable
+from tests import test_browser_demo
 from tests.conftest import ChildServer, free_port
 from tests.sse_client import next_event
-from tests.test_browser_demo import browser  # noqa: F401 - the fixture
 from tests.test_redis import RedisServer, need_redis
+
+browser = test_browser_demo.browser  # the headless Chromium fixture
 
 TIMEOUT = 10
 WORDS = [word + " " for word in ANSWER.split(" ")]
