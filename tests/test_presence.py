@@ -118,3 +118,58 @@ async def test_redis_presence_across_four_processes_and_a_killed_one(redis: Redi
             await client.aclose()
         for child in children:
             child.stop()
+
+
+def docs_example(name: str) -> Any:
+    import importlib.util
+
+    from tests.conftest import ROOT
+
+    path = ROOT / "docs" / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"docs_{name}_test", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_docs_presence_recovery_example(live_server: Any) -> None:
+    """``docs/examples/presence_recovery.py``: members, positions, recovery, SSE resync."""
+    from tests.sse_client import next_event
+
+    server = live_server(docs_example("presence_recovery").app)
+    url = server.ws_url + "/room"
+
+    async def frame(ws: Any) -> dict[str, Any]:
+        while True:  # presence events are shown elsewhere; skip them here
+            got = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+            if "presence" not in got:
+                return got  # type: ignore[no-any-return]
+
+    async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as client:
+        async with websockets.connect(url) as ann, websockets.connect(url) as bob:
+            await ann.send(json.dumps({"join": "ann"}))
+            await bob.send(json.dumps({"join": "bob"}))
+            await presence_event(ann, "join", "bob")
+            members = (await client.get("/room/members")).json()
+            assert sorted(m["info"]["name"] for m in members) == ["ann", "bob"]
+            await bob.send(json.dumps({"say": "hi"}))
+            hi = await frame(ann)
+            assert hi["data"] == "hi" and hi["topic"] == "room"
+            await ann.close()
+            for text in ("one", "two", "three"):
+                await bob.send(json.dumps({"say": text}))
+            async with websockets.connect(url) as again:
+                await again.send(json.dumps({"join": "ann", "since": hi["position"]}))
+                missed = [await frame(again) for _ in range(4)]
+        assert [m.get("data") for m in missed[:3]] == ["one", "two", "three"]
+        assert missed[3] == {
+            "topic": "room",
+            "recovered": True,
+            "missed": 3,
+            "position": missed[2]["position"],
+        }
+        headers = {"Last-Event-ID": "1-0"}  # from before any history kept here
+        async with client.stream("GET", "/room/events", headers=headers) as response:
+            event = await next_event(response.aiter_lines())
+        assert event["event"] == "resync" and json.loads(event["data"])["recovered"] is False

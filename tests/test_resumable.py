@@ -169,3 +169,23 @@ def test_browser_reload_mid_answer_continues_on_another_worker(
     text = page.locator("#answer").text_content()
     assert text == "".join(WORDS)  # every word once, in order, across the reload
     assert len(before.split()) < len(WORDS)  # it was reloaded mid-answer
+
+
+async def test_docs_resumable_answers_example(live_server: Any) -> None:
+    """``docs/examples/resumable_answers.py``: start, read two tokens, resume, stop."""
+    from tests.test_presence import docs_example
+
+    server = live_server(docs_example("resumable_answers").app)
+    async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as client:
+        key = (await client.post("/answers", params={"question": "why?"})).json()["key"]
+        events: list[dict[str, str]] = []
+        async with client.stream("GET", f"/answers/{key}") as response:
+            lines = response.aiter_lines()
+            events += [await next_event(lines) for _ in range(2)]
+        async with client.stream("GET", f"/answers/{key}?last_event_id={events[-1]['id']}") as r:
+            lines = r.aiter_lines()
+            while (event := await next_event(lines)).get("event") != "end":
+                events.append(event)
+        assert "".join(e["data"] for e in events) == "Resumable streams survive reloads."
+        assert json.loads(event["data"]) == {"reason": "done"}
+        assert (await client.delete(f"/answers/{key}")).status_code == 200
