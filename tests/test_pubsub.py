@@ -22,6 +22,7 @@ from h3_fastapi import EventStream, MemoryPubSub, PubSub, create_event_stream
 from h3_fastapi import publish as module_publish
 from h3_fastapi.pubsub import Outgoing, get_default_pubsub, parse_event_id, set_default_pubsub
 from tests.conftest import ROOT
+from tests.sse_client import next_event
 
 
 class Recorder:
@@ -270,34 +271,20 @@ async def test_event_stream_replay_with_memory_history(live_server: Any) -> None
             lines = response.aiter_lines()
             assert await anext(lines) == ": subscribed"
             server.call(lambda: pubsub.publish("feed", "before"))
-            first = await _next_event(lines)
+            first = await next_event(lines)
         assert first["data"] == "before"
         last_id = first["id"]
         for i in range(10):
             server.call(lambda i=i: pubsub.publish("feed", f"missed {i}"))
         async with client.stream("GET", "/events", headers={"Last-Event-ID": last_id}) as response:
             lines = response.aiter_lines()
-            missed = [await _next_event(lines) for _ in range(10)]
+            missed = [await next_event(lines) for _ in range(10)]
             server.call(lambda: pubsub.publish("feed", "live"))
-            live = await _next_event(lines)
+            live = await next_event(lines)
         assert [e["data"] for e in missed] == [f"missed {i}" for i in range(10)]
         keys = [parse_event_id(e["id"]) for e in [first, *missed]]
         assert keys == sorted(keys)
         assert live["data"] == "live"
-
-
-async def _next_event(lines: Any) -> dict[str, str]:
-    event: dict[str, str] = {}
-    while True:
-        line = await asyncio.wait_for(anext(lines), 5)
-        if line == "":
-            if event:
-                return event
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(": ")
-        event[name] = value
 
 
 async def test_docs_scaling_memory_example(live_server: Any) -> None:
@@ -318,7 +305,7 @@ async def test_docs_scaling_memory_example(live_server: Any) -> None:
         headers = {"Last-Event-ID": kept[0].id}
         async with client.stream("GET", "/ticks", headers=headers) as response:
             lines = response.aiter_lines()
-            missed = [await _next_event(lines) for _ in range(2)]
+            missed = [await next_event(lines) for _ in range(2)]
             assert [(e["id"], e["data"]) for e in missed] == [(o.id, o.data) for o in kept[1:]]
             await client.post("/ticks", params={"value": 3})
-            assert (await _next_event(lines))["data"] == "3"
+            assert (await next_event(lines))["data"] == "3"
