@@ -7,6 +7,7 @@
 | ``/_ws`` | chat WebSocket (h3's seed example) |
 | ``/sse`` | ``Hello world`` every second (h3's seed example) |
 | ``/clock`` | live clock page; its stream is ``/clock/events`` |
+| ``/answer`` | a resumable AI answer (fake tokens): reload mid-answer, it carries on |
 | ``/asyncapi`` | the WebSocket and SSE routes as an AsyncAPI 3.0 page (``/asyncapi.json``) |
 
 Pub/sub is in memory unless ``H3_PUBSUB_URL`` names a Redis server; with
@@ -20,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from h3_fastapi import H3, add_asyncapi
 
-from . import clock, sse_seed, websocket_seed
+from . import clock, resumable, sse_seed, websocket_seed
 
 # The first message of an HTTP response, a refused handshake and an accepted one.
 _STARTS = ("http.response.start", "websocket.http.response.start", "websocket.accept")
@@ -53,4 +54,5 @@ app.get("/chat", lambda: HTMLResponse(websocket_seed.chat_page))
 app.use("/_ws", websocket_seed.websocket)
 app.get("/sse", sse_seed.hello)
 app.include_router(clock.router)
+app.include_router(resumable.router)
 add_asyncapi(app)

@@ -8,6 +8,8 @@ from . import _openapi
 from ._event_stream import EventStream, EventStreamMessage, create_event_stream, event_stream
 from ._guard import TargetNotAllowed
 from ._headers import get_proxy_request_headers, join_proxy_path
+from ._positions import Recovery
+from ._presence import Presence, presence
 from ._proxy import ProxyOptions, fetch_with_event, proxy, proxy_request
 from ._transports import close_proxy_clients
 from ._websocket_proxy import create_websocket_proxy
@@ -19,6 +21,7 @@ from .metrics import disable_metrics, enable_metrics, metrics_app
 from .peer import CloseDetails, Peer
 from .pubsub import Backplane, MemoryPubSub, PubSub, publish
 from .redis import RedisPubSub
+from .resumable import cancel_resumable, resumable_stream, start_resumable
 from .routing import H3, H3Router, Server, serve
 from .tracing import disable_tracing, enable_tracing
 from .websocket import (
@@ -43,9 +46,11 @@ __all__ = [
     "MemoryPubSub",
     "Message",
     "Peer",
+    "Presence",
     "ProxyOptions",
     "PubSub",
     "RateLimit",
+    "Recovery",
     "RedisPubSub",
     "Server",
     "TargetNotAllowed",
@@ -53,6 +58,7 @@ __all__ = [
     "WebSocketHandler",
     "add_asyncapi",
     "backplane_status",
+    "cancel_resumable",
     "close_proxy_clients",
     "create_event_stream",
     "create_websocket_proxy",
@@ -69,8 +75,11 @@ __all__ = [
     "health_router",
     "join_proxy_path",
     "metrics_app",
+    "presence",
     "proxy",
     "proxy_request",
     "publish",
+    "resumable_stream",
     "serve",
+    "start_resumable",
 ]

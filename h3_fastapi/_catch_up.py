@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 from ._compat import spawn
 from ._hooks import logger
 from ._ordered import HistoryRead
-from .pubsub import DONE, Outgoing, Subscriber, parse_event_id
+from ._positions import Recovery, Resolved, id_before, recover, tell
+from .pubsub import Outgoing, Subscriber, parse_event_id
 
 if TYPE_CHECKING:
     from .backplane import BackplanePubSub
@@ -71,15 +72,15 @@ class CatchUps:
 
     def start(
         self, topic: str, subscriber: Subscriber, last_event_id: str | None
-    ) -> Awaitable[None]:
+    ) -> Awaitable[Recovery | None]:
         owner = self.owner
         if not owner.history or parse_event_id(last_event_id) is None:
             owner.subscribe(topic, subscriber)
-            return DONE
+            return Resolved(None)
         loop = owner.bind_loop()
         if loop is None or (topic, subscriber) in self.pending:
             owner.subscribe(topic, subscriber)
-            return DONE
+            return Resolved(None)
         assert last_event_id is not None
         stand_in = _CatchUp(subscriber)
         self.pending[(topic, subscriber)] = stand_in
@@ -103,15 +104,17 @@ class CatchUps:
         owner.enqueue(HistoryRead(topic, last_event_id.strip(), result))
         return await result
 
-    async def _run(self, topic: str, stand_in: _CatchUp, last_event_id: str) -> None:
+    async def _run(self, topic: str, stand_in: _CatchUp, last_event_id: str) -> Recovery | None:
         owner = self.owner
-        missed: list[Outgoing] = []
+        read: list[Outgoing] | None = None
         try:
             if not owner.is_down:
                 # Subscribed first, so every publish is in the history read
                 # below or arrives live after it (or both: deduplicated by id).
                 await asyncio.wait_for(owner.wait_subscribed(topic), owner.command_timeout)
-                missed = await self.fetch(topic, last_event_id)
+                # From the last seen id on, it included: its presence proves no gap.
+                before = id_before(last_event_id)
+                read = await self.fetch(topic, before) if before is not None else []
         except asyncio.TimeoutError:
             logger.warning(
                 "h3_fastapi: %s did not confirm %r in time; no replay", owner.name, topic
@@ -119,21 +122,33 @@ class CatchUps:
         except Exception as exc:  # closed meanwhile: live events only
             logger.debug("h3_fastapi: no replay for %r: %r", topic, exc)
         finally:
-            self._hand_over(topic, stand_in, last_event_id, missed)
+            # Unreadable history (an outage): no verdict, live events only.
+            missed, recovery = ([], None) if read is None else recover(topic, last_event_id, read)
+            newest = parse_event_id(read[-1].id) if read else None
+            self._hand_over(topic, stand_in, last_event_id, missed, recovery, newest)
+        return recovery
 
     def _hand_over(
-        self, topic: str, stand_in: _CatchUp, last_event_id: str, missed: list[Outgoing]
+        self,
+        topic: str,
+        stand_in: _CatchUp,
+        last_event_id: str,
+        missed: list[Outgoing],
+        recovery: Recovery | None,
+        newest: tuple[int, int] | None,
     ) -> None:
         subscriber = stand_in.subscriber
         if self.pending.get((topic, subscriber)) is not stand_in:
             return  # unsubscribed meanwhile
         del self.pending[(topic, subscriber)]
         last = parse_event_id(last_event_id) or (0, 0)
-        for outgoing in missed:
-            key = parse_event_id(outgoing.id)
-            if key is not None and key > last:
-                last = key
+        if recovery is not None:
+            for outgoing in missed:
                 subscriber.deliver(outgoing)
+            tell(subscriber, recovery)
+            # Live ones after what the history showed; after a resync, all of
+            # them (a new epoch may restart its ids lower).
+            last = newest or (last if recovery.recovered else (0, 0))
         subscribers = self.owner.local.topics.get(topic)
         if subscribers is not None and stand_in in subscribers:
             del subscribers[stand_in]

@@ -88,10 +88,16 @@ def _finished(task: asyncio.Future[Any], what: str) -> None:
 
 
 def worker_thread_loop() -> asyncio.AbstractEventLoop | None:
-    """The app's event loop, seen from an AnyIO worker thread (a plain ``def`` endpoint).
+    """The app's event loop, seen from a worker thread.
 
-    ``None`` outside such a thread.
+    A ``def`` hook's thread (``_threadpool.py``) or an AnyIO worker thread (a
+    plain ``def`` FastAPI endpoint); ``None`` outside such a thread.
     """
+    from ._threadpool import hook_thread_loop
+
+    hook_loop = hook_thread_loop()
+    if hook_loop is not None:
+        return hook_loop
     try:
         from anyio import from_thread
 

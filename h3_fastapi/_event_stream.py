@@ -18,6 +18,7 @@ import asyncio
 import enum
 import functools
 import inspect
+import json
 import threading
 import typing
 from collections import deque
@@ -321,6 +322,19 @@ class EventStream(Response):
             if ops.on:
                 ops.pushed(outgoing)
             text = format_event(to_text(outgoing.data), outgoing.id)
+            self._queue(text.encode("utf-8", "replace"))
+
+    def recovered(self, recovery: Any) -> None:
+        """Told by the pub/sub how a ``Last-Event-ID`` catch-up went (between missed and live).
+
+        When the id is no longer in the history, an ``event: resync`` tells the
+        client to reload its state (its data: ``topic``, ``recovered``,
+        ``missed``, ``position``); its ``id`` is the topic's newest position, so
+        the next reconnect resumes from there.
+        """
+        if not recovery.recovered and not self.is_closed:
+            data = json.dumps(recovery.as_dict(), separators=(",", ":"))
+            text = format_event(data, recovery.position, "resync")
             self._queue(text.encode("utf-8", "replace"))
 
     def _queue(self, data: bytes, unpaused: bool = False) -> Awaitable[None]:

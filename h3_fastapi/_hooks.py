@@ -5,23 +5,22 @@ same way here, and an exception is turned into a ``WSError`` for the ``error``
 hook (or logged) instead of tearing down other connections.
 
 Where a hook runs: an ``async def`` hook on the event loop; a plain ``def``
-hook in the threadpool (``anyio.to_thread``, as FastAPI runs ``def``
-endpoints), awaited by the connection's reader so one peer's hooks still run
-one at a time and in order; with ``sync_hooks="loop"`` a ``def`` hook runs
-on the loop too (fastest, but a blocking hook stalls every connection).
+hook in the threadpool (``_threadpool.py``: as FastAPI runs ``def``
+endpoints, with a cheaper hop per call), awaited by the connection's reader
+so one peer's hooks still run one at a time and in order; with
+``sync_hooks="loop"`` a ``def`` hook runs on the loop too (fastest, but a
+blocking hook stalls every connection).
 """
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
-from anyio import to_thread
-
 from ._ops import ops
+from ._threadpool import run_in_thread
 from ._typing import hook_error, is_async_callable, typed_message_hook
 
 if TYPE_CHECKING:
@@ -71,7 +70,7 @@ async def call_in_thread(func: Callable[..., Any], *args: Any) -> Any:
     A ``def`` hook that returns a coroutine (``lambda peer: coro(peer)``) has
     that coroutine awaited on the loop.
     """
-    result = await to_thread.run_sync(functools.partial(func, *args))
+    result = await run_in_thread(func, *args)
     if inspect.isawaitable(result):
         result = await result
     return result

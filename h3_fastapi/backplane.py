@@ -171,12 +171,14 @@ class BackplanePubSub:
 
     def subscribe_from(
         self, topic: str, subscriber: Subscriber, last_event_id: str | None
-    ) -> Awaitable[None]:
+    ) -> Awaitable[Any]:
         """Subscribe ``subscriber``, first delivering what it missed after ``last_event_id``.
 
         The subscription starts at once; live publishes are held back until
         the missed ones have been read from the backplane and delivered, then
-        follow in order, none twice. Awaiting the result waits for that.
+        follow in order, none twice. When ``last_event_id`` is no longer in
+        the history (trimmed, flushed), nothing is replayed and the subscriber
+        is told to resync. Awaiting the result gives the ``Recovery``.
         """
         return self._catch_ups.start(topic, subscriber, last_event_id)
 

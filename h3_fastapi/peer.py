@@ -10,10 +10,13 @@ cannot keep up is closed with 1013 instead of growing memory.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, KeysView
+from collections.abc import Awaitable, KeysView, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._positioned import PositionedSubscriber, subscribe_positioned
+from ._positions import Recovery, Resolved
+from ._presence import Presence
 from .pubsub import DONE, Outgoing
 
 if TYPE_CHECKING:
@@ -45,11 +48,21 @@ class Peer:
     is lost by not awaiting it. ``str(peer)`` is its ``id``.
     """
 
-    __slots__ = ("__weakref__", "_connection", "_id", "context", "namespace", "request")
+    __slots__ = (
+        "__weakref__",
+        "_connection",
+        "_id",
+        "_positioned",
+        "context",
+        "namespace",
+        "request",
+    )
 
     def __init__(self, connection: _Connection, request: Request, namespace: str) -> None:
         self._connection = connection
         self._id: str | None = None
+        # topic -> the subscriber that frames it with positions (positioned topics only).
+        self._positioned: dict[str, PositionedSubscriber] | None = None
         self.request = request
         self.namespace: str = namespace
         self.context: dict[str, Any] = request.context  # type: ignore[attr-defined]
@@ -122,15 +135,60 @@ class Peer:
     def publish(self, topic: str, data: Any) -> Awaitable[None]:
         """Send ``data`` to every subscriber of ``topic`` in this namespace except this peer."""
         pubsub = self._connection.pubsub
-        return pubsub.publish(topic, data, namespace=self.namespace, exclude=self)
+        positioned = self._positioned
+        exclude = self if positioned is None else positioned.get(topic, self)
+        return pubsub.publish(topic, data, namespace=self.namespace, exclude=exclude)
 
-    def subscribe(self, topic: str) -> None:
-        """Receive publishes to ``topic``."""
-        self._connection.subscribe(topic)
+    def subscribe(
+        self,
+        topic: str,
+        *,
+        since: str | None = None,
+        positions: bool = False,
+        presence: bool | Mapping[str, Any] | None = None,
+    ) -> Awaitable[Recovery | None]:
+        """Receive publishes to ``topic``.
+
+        ``since``: the position (event id) of the last publish the client got
+        before it reconnected. What it missed is sent first, then a frame
+        ``{"topic", "recovered", "missed", "position"}``: ``recovered`` is
+        ``false`` when the position is no longer in the pub/sub's history and
+        the client must resync. ``since`` or ``positions=True`` sends each
+        publish as ``{"topic", "position", "data"}`` so the client knows its
+        position. ``presence`` (``True`` or a dict of public info) makes the
+        peer a member of the topic (``presence(topic)``), announced with join
+        and leave events. Await the result for the ``Recovery`` (``None``
+        when there was nothing to recover from).
+        """
+        connection = self._connection
+        if since is None and not positions:
+            connection.subscribe(topic)
+            result: Awaitable[Recovery | None] = Resolved(None)
+        else:
+            subscriber, result = subscribe_positioned(self, connection, topic, since)
+            if subscriber is not None:
+                if self._positioned is None:
+                    self._positioned = {}
+                self._positioned[topic] = subscriber
+        if presence not in (None, False) and connection.is_open:
+            info = presence if isinstance(presence, Mapping) else {}
+            Presence.of(connection.pubsub).join(
+                topic, self.id, info, alive=lambda: self.is_open and topic in self.topics
+            )
+        return result
 
     def unsubscribe(self, topic: str) -> None:
-        """Stop receiving publishes to ``topic``."""
-        self._connection.unsubscribe(topic)
+        """Stop receiving publishes to ``topic`` (and leave its presence)."""
+        positioned = self._positioned.pop(topic, None) if self._positioned else None
+        connection = self._connection
+        if positioned is None:
+            connection.unsubscribe(topic)
+        elif topic in connection.subscribed():
+            connection.subscribed().discard(topic)
+            connection.pubsub.unsubscribe(topic, positioned)
+        found = Presence.find(connection.pubsub)
+        if found is not None:
+            found.leave(topic, self.id)
 
     async def wait_for_drain(self, threshold: int = 0, timeout: float | None = None) -> None:
         """Wait until at most ``threshold`` bytes are queued, or the peer is closed.

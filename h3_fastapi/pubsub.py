@@ -145,8 +145,13 @@ class PubSub(Protocol):
 
     def subscribe_from(
         self, topic: str, subscriber: Subscriber, last_event_id: str | None
-    ) -> Awaitable[None]:
-        """``subscribe``, first delivering what was missed after ``last_event_id``."""
+    ) -> Awaitable[Any]:
+        """``subscribe``, first delivering what was missed after ``last_event_id``.
+
+        Awaiting the result gives a ``Recovery`` (``None`` when there was
+        nothing to recover from). A subscriber with a ``recovered(recovery)``
+        method is told in order, between the missed and the live publishes.
+        """
         ...
 
     async def close(self) -> None:
@@ -319,35 +324,55 @@ class MemoryPubSub:
                 logger.exception("h3_fastapi: a subscriber of %r failed to take a publish", topic)
 
     def replay(self, topic: str, last_event_id: str | None) -> list[Outgoing]:
-        """Publishes to ``topic`` after ``last_event_id`` still in history (oldest first).
+        """Publishes to ``topic`` after ``last_event_id``, when that id is still in history.
 
-        Empty without ``history``, without an id, or for an id this pub/sub did
-        not make (not ``"<ms>-<seq>"``). An id older than the history gives the
-        whole history: the client missed more than is kept.
+        Empty without ``history``, without an id, for an id this pub/sub did
+        not make (not ``"<ms>-<seq>"``), and for an id no longer kept (the
+        client missed more than is kept, or the id is from an earlier process:
+        ``subscribe_from`` tells such a subscriber to resync).
         """
-        after = parse_event_id(last_event_id) if self.history else None
-        if after is None:
+        if not self.history or parse_event_id(last_event_id) is None:
             return []
+        assert last_event_id is not None
         with self._history_lock:
-            kept = self._history.get(topic)
-            if not kept:
-                return []
-            return [outgoing for key, outgoing in kept if key > after]
+            missed: list[Outgoing] = self._recover(topic, last_event_id)[0]
+            return missed
 
     def subscribe_from(
         self, topic: str, subscriber: Subscriber, last_event_id: str | None
-    ) -> Awaitable[None]:
+    ) -> Awaitable[Any]:
         """Subscribe ``subscriber``, first delivering what it missed after ``last_event_id``.
 
-        The missed publishes (``replay``) and then live ones reach the
-        subscriber in order, none twice and none lost in between. The result
-        may be awaited until the missed ones have been handed over.
+        The missed publishes and then live ones reach the subscriber in order,
+        none twice and none lost in between. When ``last_event_id`` is no
+        longer in the history, nothing is replayed and the subscriber is told
+        to resync (its optional ``recovered(recovery)`` method). The result may
+        be awaited for the ``Recovery`` (``None`` without history or id).
         """
-        with self._history_lock:
-            for outgoing in self.replay(topic, last_event_id):
-                subscriber.deliver(outgoing)
+        from ._positions import Resolved, tell
+
+        if not self.history or parse_event_id(last_event_id) is None:
             self.subscribe(topic, subscriber)
-        return DONE
+            return Resolved(None)
+        assert last_event_id is not None
+        with self._history_lock:
+            missed, recovery = self._recover(topic, last_event_id)
+            for outgoing in missed:
+                subscriber.deliver(outgoing)
+            tell(subscriber, recovery)
+            self.subscribe(topic, subscriber)
+        return Resolved(recovery)
+
+    def _recover(self, topic: str, last_event_id: str) -> Any:
+        """``(missed, Recovery)`` from the kept history (caller holds the lock)."""
+        from ._positions import recover
+
+        seen = parse_event_id(last_event_id)
+        kept = self._history.get(topic) or ()
+        read = [outgoing for key, outgoing in kept if seen is not None and key >= seen]
+        if not read and kept:
+            read = [kept[-1][1]]  # only to name the newest position
+        return recover(topic, last_event_id, read)
 
     async def close(self) -> None:
         return None

@@ -320,6 +320,12 @@ class WebSocketHandler:
         """
         return _Closing(self._peers.close_all(code, reason))
 
+    async def presence(self, topic: str) -> list[dict[str, Any]]:
+        """The members of ``topic`` in every process (``{"id", "info"}`` each); see ``presence``."""
+        from ._presence import presence
+
+        return await presence(topic, pubsub=self._pubsub())
+
     async def __call__(self, *args: Any, **kwargs: Any) -> None:
         """ASGI app (``scope, receive, send``) or FastAPI endpoint (``websocket=``)."""
         if "websocket" in kwargs or (len(args) == 1 and isinstance(args[0], WebSocket)):

@@ -739,25 +739,41 @@ async def test_subscribe_receives_publishes_and_leaves_topics_on_close() -> None
 
 class ReplayingPubSub(MemoryPubSub):
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(history=10)
         self.asked: list[tuple[str, str | None]] = []
 
-    def replay(self, topic: str, last_event_id: str | None) -> list[Outgoing]:
+    def subscribe_from(self, topic: str, subscriber: Any, last_event_id: str | None) -> Any:
         self.asked.append((topic, last_event_id))
-        return [Outgoing("missed 1", id="5"), Outgoing("missed\n2", id="6")]
+        return super().subscribe_from(topic, subscriber, last_event_id)
 
 
 async def test_subscribe_replays_after_last_event_id_then_live() -> None:
     pubsub = ReplayingPubSub()
-    stream = EventStream(make_request({"last-event-id": "4"}), pubsub=pubsub)
+    ids: list[str | None] = []
+
+    class Sink:
+        namespace = None
+
+        def deliver(self, outgoing: Outgoing) -> None:
+            ids.append(outgoing.id)
+
+    pubsub.subscribe("news", Sink())  # type: ignore[arg-type]
+    for data in ("seen", "missed 1", "missed\n2"):
+        pubsub.publish("news", data)
+    first, missed_1, missed_2 = ids
+    stream = EventStream(make_request({"last-event-id": str(first)}), pubsub=pubsub)
     stream.subscribe("news")
-    assert pubsub.asked == [("news", "4")]
-    pubsub.deliver_local("news", Outgoing("live", id="7"))
+    assert pubsub.asked == [("news", first)]
+    pubsub.publish("news", "live")
     client = FakeClient()
     task = start(stream, client)
     await client.wait_for(lambda: client.body.count(b"\n\n") == 3)
-    assert client.body == (
-        b"id: 5\ndata: missed 1\n\nid: 6\ndata: missed\ndata: 2\n\nid: 7\ndata: live\n\n"
+    assert (
+        client.body
+        == (
+            f"id: {missed_1}\ndata: missed 1\n\nid: {missed_2}\ndata: missed\ndata: 2\n\n"
+            f"id: {ids[-1]}\ndata: live\n\n"
+        ).encode()
     )
     stream.close()
     await asyncio.wait_for(task, 2)

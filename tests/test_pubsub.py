@@ -23,6 +23,7 @@ from h3_fastapi import publish as module_publish
 from h3_fastapi.pubsub import Outgoing, get_default_pubsub, parse_event_id, set_default_pubsub
 from tests.conftest import ROOT
 from tests.recorders import Subscriber as Recorder
+from tests.sse_client import next_event
 
 
 def test_memory_is_a_pubsub() -> None:
@@ -149,12 +150,15 @@ def test_history_stamps_increasing_ids_and_keeps_the_last_n() -> None:
     assert all(i is not None and re.fullmatch(r"\d+-\d+", i) for i in ids)
     keys = [parse_event_id(i) for i in ids]
     assert keys == sorted(keys) and len(set(keys)) == 8  # strictly increasing
-    # Every id after the 3rd: the last five are still kept.
-    assert [o.data for o in pubsub.replay("t", ids[2])] == ["3", "4", "5", "6", "7"]
+    # After the oldest kept id (the 4th publish): the four after it.
+    assert [o.data for o in pubsub.replay("t", ids[3])] == ["4", "5", "6", "7"]
     assert [o.id for o in pubsub.replay("t", ids[5])] == ids[6:]
     assert pubsub.replay("t", ids[-1]) == []
-    # Older than what is kept: everything kept (the client missed more than N).
-    assert [o.data for o in pubsub.replay("t", ids[0])] == ["3", "4", "5", "6", "7"]
+    # An id no longer kept: nothing, never the whole history (a gap would be
+    # silent); subscribe_from tells such a subscriber to resync.
+    assert pubsub.replay("t", ids[2]) == []
+    assert pubsub.replay("t", ids[0]) == []
+    # "0-0" is the start: everything still kept, as asked.
     assert [o.data for o in pubsub.replay("t", "0-0")] == ["3", "4", "5", "6", "7"]
     # Not an id of ours, no id, another topic: nothing.
     assert pubsub.replay("t", "client-made-id") == []
@@ -166,7 +170,11 @@ def test_history_is_kept_without_subscribers_and_off_by_default() -> None:
     pubsub = MemoryPubSub(history=3)
     pubsub.publish("t", "a")
     pubsub.publish("t", "b")
-    assert [o.data for o in pubsub.replay("t", "0")] == ["a", "b"]
+    assert [o.data for o in pubsub.replay("t", "0")] == ["a", "b"]  # from the start
+    sub = Recorder()
+    pubsub.subscribe_from("t", sub, "1-0")  # not kept: a resync, nothing replayed
+    pubsub.publish("t", "c")
+    assert sub.data == ["c"]
     plain = MemoryPubSub()
     plain.publish("t", "a")
     assert plain.replay("t", "0") == []
@@ -247,34 +255,20 @@ async def test_event_stream_replay_with_memory_history(live_server: Any) -> None
             lines = response.aiter_lines()
             assert await anext(lines) == ": subscribed"
             server.call(lambda: pubsub.publish("feed", "before"))
-            first = await _next_event(lines)
+            first = await next_event(lines)
         assert first["data"] == "before"
         last_id = first["id"]
         for i in range(10):
             server.call(lambda i=i: pubsub.publish("feed", f"missed {i}"))
         async with client.stream("GET", "/events", headers={"Last-Event-ID": last_id}) as response:
             lines = response.aiter_lines()
-            missed = [await _next_event(lines) for _ in range(10)]
+            missed = [await next_event(lines) for _ in range(10)]
             server.call(lambda: pubsub.publish("feed", "live"))
-            live = await _next_event(lines)
+            live = await next_event(lines)
         assert [e["data"] for e in missed] == [f"missed {i}" for i in range(10)]
         keys = [parse_event_id(e["id"]) for e in [first, *missed]]
         assert keys == sorted(keys)
         assert live["data"] == "live"
-
-
-async def _next_event(lines: Any) -> dict[str, str]:
-    event: dict[str, str] = {}
-    while True:
-        line = await asyncio.wait_for(anext(lines), 5)
-        if line == "":
-            if event:
-                return event
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(": ")
-        event[name] = value
 
 
 async def test_docs_scaling_memory_example(live_server: Any) -> None:
@@ -285,15 +279,17 @@ async def test_docs_scaling_memory_example(live_server: Any) -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     server = live_server(module.app)
+    seen = Recorder()
+    module.pubsub.subscribe("ticks", seen)
     async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:
         for value in range(3):
             assert (await client.post("/ticks", params={"value": value})).status_code == 200
-        kept = module.pubsub.replay("ticks", "0")
+        kept = seen.got
         assert [o.data for o in kept] == ["0", "1", "2"]
         headers = {"Last-Event-ID": kept[0].id}
         async with client.stream("GET", "/ticks", headers=headers) as response:
             lines = response.aiter_lines()
-            missed = [await _next_event(lines) for _ in range(2)]
+            missed = [await next_event(lines) for _ in range(2)]
             assert [(e["id"], e["data"]) for e in missed] == [(o.id, o.data) for o in kept[1:]]
             await client.post("/ticks", params={"value": 3})
-            assert (await _next_event(lines))["data"] == "3"
+            assert (await next_event(lines))["data"] == "3"

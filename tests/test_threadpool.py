@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 import time
 from typing import Any
@@ -12,6 +13,8 @@ import websockets
 from fastapi import FastAPI
 
 from h3_fastapi import H3Router, Peer
+from h3_fastapi._compat import worker_thread_loop
+from h3_fastapi._threadpool import ThreadPool
 
 TIMEOUT = 5
 
@@ -108,3 +111,70 @@ async def test_def_hook_returning_a_coroutine_is_awaited(live_server: Any) -> No
     async with websockets.connect(server.ws_url + "/coro") as ws:
         await ws.send("abc")
         assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "ABC"
+
+
+async def test_pool_runs_at_most_limit_hooks_at_once_and_queues_the_rest() -> None:
+    pool = ThreadPool(limit=3)
+    running = 0
+    peak = 0
+    lock = threading.Lock()
+    release = threading.Event()
+
+    def hook(i: int) -> int:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        release.wait(5)
+        with lock:
+            running -= 1
+        return i
+
+    def workers() -> int:
+        return sum(1 for t in threading.enumerate() if t.name == "h3-hooks")
+
+    before = workers()
+    futures = [pool.submit(hook, i) for i in range(10)]
+    assert workers() - before == 3  # threads start in submit: three, the rest wait queued
+    assert not any(f.done() for f in futures)
+    release.set()
+    assert await asyncio.gather(*futures) == list(range(10))
+    assert peak == 3
+
+
+async def test_pool_copies_the_context_and_returns_errors() -> None:
+    pool = ThreadPool(limit=2)
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    var.set("caller")
+    assert await pool.submit(var.get) == "caller"
+
+    def fail() -> None:
+        raise KeyError("boom")
+
+    with pytest.raises(KeyError, match="boom"):
+        await pool.submit(fail)
+
+
+async def test_pool_result_for_a_cancelled_waiter_is_dropped() -> None:
+    pool = ThreadPool(limit=1)
+    started = threading.Event()
+    release = threading.Event()
+
+    def slow() -> str:
+        started.set()
+        release.wait(5)
+        return "late"
+
+    future = pool.submit(slow)
+    await asyncio.to_thread(started.wait, 5)
+    future.cancel()
+    release.set()
+    # The worker settles nothing on the cancelled future and takes the next job.
+    assert await asyncio.wait_for(pool.submit(lambda: "next"), 5) == "next"
+
+
+async def test_a_hook_thread_knows_its_loop() -> None:
+    """``peer.publish`` from a ``def`` hook reaches the loop through this (any pub/sub)."""
+    loop = asyncio.get_running_loop()
+    assert await ThreadPool(limit=1).submit(worker_thread_loop) is loop
+    assert worker_thread_loop() is None  # on the loop itself: not a worker thread

@@ -59,8 +59,6 @@ def stats() -> dict[str, Any]:
         "closes": closes,
         "peak_rss": _peak_rss(),
         "buffered": [
-            (p.context["slow"], p.buffered_amount)
-            for ps in handler.peers.values()
-            for p in ps
+            (p.context["slow"], p.buffered_amount) for ps in handler.peers.values() for p in ps
         ],
     }
