@@ -16,6 +16,7 @@ from .message import Message
 from .peer import CloseDetails, Peer
 from .pubsub import Backplane, MemoryPubSub, PubSub, publish
 from .redis import RedisPubSub
+from .redis_cluster import RedisClusterPubSub
 from .routing import H3, H3Router, Server, serve
 from .websocket import (
     WebSocketHandler,
@@ -41,6 +42,7 @@ __all__ = [
     "Peer",
     "ProxyOptions",
     "PubSub",
+    "RedisClusterPubSub",
     "RedisPubSub",
     "Server",
     "TargetNotAllowed",

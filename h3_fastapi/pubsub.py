@@ -397,7 +397,8 @@ def get_default_pubsub() -> PubSub:
 def pubsub_from_url(url: str) -> PubSub:
     """The pub/sub a URL names, by scheme (empty or ``memory://``: ``MemoryPubSub``).
 
-    ``redis://``, ``rediss://``, ``unix://``: ``RedisPubSub``.
+    ``redis://``, ``rediss://``, ``unix://``: ``RedisPubSub``;
+    ``redis+cluster://``, ``rediss+cluster://``: ``RedisClusterPubSub``.
     """
     scheme = url.partition("://")[0].lower() if "://" in url else ""
     if not url or scheme == "memory":
@@ -406,6 +407,10 @@ def pubsub_from_url(url: str) -> PubSub:
         from .redis import RedisPubSub
 
         return RedisPubSub(url)
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        from .redis_cluster import RedisClusterPubSub
+
+        return RedisClusterPubSub(url)
     raise ValueError(f"H3_PUBSUB_URL: no pub/sub for the scheme {scheme or url[:20]!r}")
 
 

@@ -67,6 +67,9 @@ def redacted(url: str) -> str:
 class RedisBackplane:
     """The ``Backplane`` over one Redis (or Valkey) server."""
 
+    #: The command that sends a message (``SPUBLISH`` for sharded pub/sub).
+    publish_command = "PUBLISH"
+
     def __init__(
         self,
         url: str,
@@ -83,7 +86,9 @@ class RedisBackplane:
         self.history = history
         self.command_timeout = command_timeout
         self.tag = "h3"
-        self.publisher = RedisPublisher(self._publisher_client, self.channel, history=history)
+        self.publisher = RedisPublisher(
+            self._publisher_client, self.channel, history=history, command=self.publish_command
+        )
         self.subscriber = RedisSubscriber(
             self._subscriber_client,
             self.channel,
