@@ -1,7 +1,7 @@
 """h3-fastapi: the h3 API for FastAPI and Starlette.
 
 WebSockets with crossws hooks, Server-Sent Events, a streaming proxy on httpx,
-and pub/sub that scales out through Redis.
+and pub/sub that scales out through Redis, Redis Cluster, PostgreSQL or NATS.
 """
 
 from . import _openapi
@@ -13,7 +13,9 @@ from ._transports import close_proxy_clients
 from ._websocket_proxy import create_websocket_proxy
 from .asyncapi import add_asyncapi, get_asyncapi
 from .message import Message
+from .nats import NatsPubSub
 from .peer import CloseDetails, Peer
+from .postgres import PostgresPubSub
 from .pubsub import Backplane, MemoryPubSub, PubSub, publish
 from .redis import RedisPubSub
 from .redis_cluster import RedisClusterPubSub
@@ -39,7 +41,9 @@ __all__ = [
     "H3Router",
     "MemoryPubSub",
     "Message",
+    "NatsPubSub",
     "Peer",
+    "PostgresPubSub",
     "ProxyOptions",
     "PubSub",
     "RedisClusterPubSub",

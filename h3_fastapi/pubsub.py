@@ -398,7 +398,9 @@ def pubsub_from_url(url: str) -> PubSub:
     """The pub/sub a URL names, by scheme (empty or ``memory://``: ``MemoryPubSub``).
 
     ``redis://``, ``rediss://``, ``unix://``: ``RedisPubSub``;
-    ``redis+cluster://``, ``rediss+cluster://``: ``RedisClusterPubSub``.
+    ``redis+cluster://``, ``rediss+cluster://``: ``RedisClusterPubSub``;
+    ``postgresql://``, ``postgres://``: ``PostgresPubSub``; ``nats://``, ``tls://``:
+    ``NatsPubSub``.
     """
     scheme = url.partition("://")[0].lower() if "://" in url else ""
     if not url or scheme == "memory":
@@ -411,6 +413,14 @@ def pubsub_from_url(url: str) -> PubSub:
         from .redis_cluster import RedisClusterPubSub
 
         return RedisClusterPubSub(url)
+    if scheme in ("postgresql", "postgres"):
+        from .postgres import PostgresPubSub
+
+        return PostgresPubSub(url)
+    if scheme in ("nats", "tls"):
+        from .nats import NatsPubSub
+
+        return NatsPubSub(url)
     raise ValueError(f"H3_PUBSUB_URL: no pub/sub for the scheme {scheme or url[:20]!r}")
 
 

@@ -40,7 +40,8 @@ __all__ = [
     "wait_until",
 ]
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+# Debian's postgresql package: the newest installed server version.
+PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), default=Path("/nonexistent"))
 
 
 def wait_until(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
