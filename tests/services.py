@@ -1,5 +1,7 @@
 """Real backplane servers for the tests, started here and always torn down.
 
+- ``RedisServer``: one ``redis-server`` without persistence (killable,
+  restartable on its port).
 - ``RedisClusterService``: six ``redis-server --cluster-enabled yes`` (three
   primaries, three replicas) joined by ``redis-cli --cluster create``.
 - ``PostgresService``: a throwaway PostgreSQL (``initdb`` + ``pg_ctl``), as the
@@ -34,9 +36,11 @@ __all__ = [
     "NatsService",
     "PostgresService",
     "RedisClusterService",
+    "RedisServer",
     "nats_service",
     "postgres_service",
     "redis_cluster_service",
+    "redis_service",
     "wait_until",
 ]
 
@@ -71,6 +75,56 @@ def _stop(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM) -> No
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+# ---------------------------------------------------------------- Redis
+
+
+class RedisServer:
+    """A throwaway ``redis-server`` (no persistence) that can be killed and restarted."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        command = ["redis-server", "--save", "", "--appendonly", "no"]
+        command += ["--port", str(self.port), "--bind", "127.0.0.1"]
+        self.proc = subprocess.Popen(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+            with contextlib.suppress(OSError):
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return self
+            time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def command(self, *args: str) -> Any:
+        """Run one command with a fresh plain client (not the code under test)."""
+        import redis
+
+        client = redis.Redis.from_url(self.url)
+        try:
+            return client.execute_command(*args)
+        finally:
+            client.close()
 
 
 # ---------------------------------------------------------------- Redis Cluster
@@ -292,6 +346,16 @@ def _need(*binaries: str) -> None:
     for binary in binaries:
         found = shutil.which(binary) or (PG_BIN / binary).exists()
         need(bool(found), f"{binary} is not installed")
+
+
+@pytest.fixture(scope="session")
+def redis_service() -> Iterator[RedisServer]:
+    _need("redis-server")
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.kill()
 
 
 @pytest.fixture(scope="session")
