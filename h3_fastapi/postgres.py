@@ -4,6 +4,15 @@ For apps that already run PostgreSQL and want no other server. Why asyncpg
 rather than psycopg 3: on one core it moved about 8,000 NOTIFYs a second from
 one process to another at 55 µs of CPU each, psycopg 3 about 3,500 at 175 µs.
 
+Timeouts: ``command_timeout`` bounds connecting and the health check of the
+listening connection, not each publish (nor connecting the publishing one,
+which happens on the first publish, often in a burst: 60 s). A process busy writing to thousands
+of sockets can leave a finished round trip unread for seconds, and a client
+timeout would then report an outage that is not one (it did, in the 200 x 50
+test). A PostgreSQL that stops answering is noticed by the health check; the
+publishing connection is dropped with the listening one, which fails what
+waits on it.
+
 The listening connection (one per process) is run by the same subscriber
 session as Redis (``_redis_subscriber.RedisSubscriber``: backoff, health
 checks, resubscribing); ``ListenSession`` here is what it drives instead of a
@@ -179,8 +188,8 @@ class PostgresBackplane:
     async def aclose(self) -> None:
         return None
 
-    async def connect(self) -> Any:
-        return await self._asyncpg.connect(self.url, timeout=self.command_timeout)
+    async def connect(self, timeout: float | None = None) -> Any:
+        return await self._asyncpg.connect(self.url, timeout=timeout or self.command_timeout)
 
     def start(self, receiver: BackplaneReceiver) -> None:
         self.conn = None
@@ -206,7 +215,6 @@ class PostgresBackplane:
                 "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS x(c, p)",
                 channels,
                 payloads,
-                timeout=self.command_timeout,
             )
         except Exception:
             self.replace()
@@ -223,7 +231,6 @@ class PostgresBackplane:
             channel,
             envelope,
             _inline(envelope),
-            timeout=self.command_timeout,
         )
         self._published += 1
         if self._published % 32 == 0:  # keep about the last ``history`` rows per topic
@@ -232,7 +239,6 @@ class PostgresBackplane:
                 f"(SELECT id FROM {self.table} WHERE channel = $1 ORDER BY id DESC LIMIT $2) k)",
                 channel,
                 self.history,
-                timeout=self.command_timeout,
             )
         return f"{row_id}-0"
 
@@ -242,11 +248,9 @@ class PostgresBackplane:
             f"INSERT INTO {self.table} (channel, envelope) VALUES ($1, $2) RETURNING id",
             self.channel(topic).decode(),
             envelope,
-            timeout=self.command_timeout,
         )
         await conn.execute(
             f"DELETE FROM {self.table} WHERE at < now() - interval '{SPILL_TTL}'",
-            timeout=self.command_timeout,
         )
         return row_id
 
@@ -261,7 +265,6 @@ class PostgresBackplane:
                 self.channel(topic).decode(),
                 min(start[0], 2**63 - 1),
                 self.history,
-                timeout=self.command_timeout,
             )
         except Exception:
             self.replace()
@@ -269,8 +272,8 @@ class PostgresBackplane:
         return [(f"{row['id']}-0", bytes(row["envelope"])) for row in reversed(rows)]
 
     async def _connection(self) -> Any:
-        if self.conn is None:
-            self.conn = await self.connect()
+        if self.conn is None:  # made on the first publish, maybe in a burst: see above
+            self.conn = await self.connect(timeout=max(60.0, self.command_timeout))
         return self.conn
 
     async def _create_table(self, conn: Any) -> None:

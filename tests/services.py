@@ -38,6 +38,7 @@ __all__ = [
     "RedisClusterService",
     "RedisServer",
     "nats_service",
+    "need_binaries",
     "postgres_service",
     "redis_cluster_service",
     "redis_service",
@@ -342,7 +343,8 @@ class NatsService:
 # ---------------------------------------------------------------- fixtures
 
 
-def _need(*binaries: str) -> None:
+def need_binaries(*binaries: str) -> None:
+    """Skip loudly (fail under CI) unless every binary is installed."""
     for binary in binaries:
         found = shutil.which(binary) or (PG_BIN / binary).exists()
         need(bool(found), f"{binary} is not installed")
@@ -350,7 +352,7 @@ def _need(*binaries: str) -> None:
 
 @pytest.fixture(scope="session")
 def redis_service() -> Iterator[RedisServer]:
-    _need("redis-server")
+    need_binaries("redis-server")
     server = RedisServer().start()
     try:
         yield server
@@ -360,7 +362,7 @@ def redis_service() -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="session")
 def redis_cluster_service() -> Iterator[RedisClusterService]:
-    _need("redis-server", "redis-cli")
+    need_binaries("redis-server", "redis-cli")
     service = RedisClusterService()
     try:
         yield service.start()
@@ -370,7 +372,7 @@ def redis_cluster_service() -> Iterator[RedisClusterService]:
 
 @pytest.fixture(scope="session")
 def postgres_service() -> Iterator[PostgresService]:
-    _need("initdb", "pg_ctl")
+    need_binaries("initdb", "pg_ctl")
     service = PostgresService()
     try:
         yield service.start()
@@ -380,7 +382,7 @@ def postgres_service() -> Iterator[PostgresService]:
 
 @pytest.fixture(scope="session")
 def nats_service() -> Iterator[NatsService]:
-    _need("nats-server")
+    need_binaries("nats-server")
     service = NatsService()
     try:
         yield service.start()
