@@ -75,6 +75,13 @@ def cluster_options(url: str) -> dict[str, Any]:
     return options
 
 
+def _redacted(url: str) -> str:
+    """``url`` for log lines: the hosts, without userinfo or query."""
+    scheme, _, rest = url.partition("://")
+    _, at, hosts = rest.partition("/")[0].rpartition("@")
+    return f"{scheme}://{'***@' if at else ''}{hosts}"
+
+
 class ShardedSubscription:
     """The subscriber session's view of ``ClusterPubSub``: one stream of messages.
 
@@ -231,7 +238,7 @@ class RedisClusterPubSub(BackplanePubSub):
             reconnect_backoff=reconnect_backoff,
             command_timeout=command_timeout,
             max_pending=max_pending,
-            name=f"Redis Cluster backplane {redacted(url)}",
+            name=f"Redis Cluster backplane {_redacted(url)}",
         )
         self.url = url
         self.prefix = prefix

@@ -174,6 +174,9 @@ class RedisClusterService:
             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", str(self.node_timeout_ms),
             "--save", "", "--appendonly", "no", "--dir", str(node_dir),
+            # Replicas sync at once (not after 5 s): one that never synced
+            # cannot take over from its primary.
+            "--repl-diskless-sync-delay", "0",
         ]  # fmt: skip
         self.procs[port] = subprocess.Popen(
             command,
@@ -251,7 +254,12 @@ class RedisClusterService:
                 return False
         nodes = self.nodes()
         live = [n for n in nodes if not n["failed"]]
-        return len(live) == 6 and sum(n["primary"] for n in live) == 3
+        if len(live) != 6 or sum(n["primary"] for n in live) != 3:
+            return False
+        replicas = [n["port"] for n in live if not n["primary"]]
+        return all(
+            "master_link_status:up" in self.command(p, "INFO", "replication") for p in replicas
+        )
 
     def stop(self) -> None:
         for proc in self.procs.values():
