@@ -22,7 +22,8 @@ that listened on it reports one outage, refreshes the slot map and
 subscribes again, and is back once the replica has taken over (one to two
 ``cluster-node-timeout``\\s). A slot migrated to another shard is followed
 without an outage: Redis ends the shard channel's subscription, the slot map
-is refreshed and the channel subscribed on its new owner.
+is refreshed and the channel subscribed on its new owner (again after a
+``MOVED`` reply, if the map came from a node that had not heard yet).
 """
 
 from __future__ import annotations
@@ -139,10 +140,16 @@ class ShardedSubscription:
                     self.readers[name] = asyncio.ensure_future(self._read(node))
 
     async def _read(self, node: Any) -> None:
+        from redis.exceptions import AskError, MovedError
+
         mapping = self.pubsub.node_pubsub_mapping
         try:
             while node.name in mapping:
-                message = await self.pubsub.get_sharded_message(timeout=None, target_node=node)
+                try:
+                    message = await self.pubsub.get_sharded_message(timeout=None, target_node=node)
+                except (MovedError, AskError) as moved:
+                    await self._moved(moved.slot_id)
+                    continue
                 if message is None:
                     continue
                 kind = message["type"]
@@ -157,6 +164,19 @@ class ShardedSubscription:
         except Exception as exc:
             if node.name in mapping:  # else redis-py closed it: no channels left there
                 self.inbox.put_nowait(exc)
+
+    async def _moved(self, slot: int) -> None:
+        """An SSUBSCRIBE reached a shard that no longer owns ``slot`` (stale slot map).
+
+        Refresh the map and hand the session an unsubscribe for each channel of
+        that slot: it subscribes them again, on the owner this time.
+        """
+        from redis.crc import key_slot
+
+        await self.cluster.nodes_manager.initialize()
+        for channel in list(self.pubsub.shard_channels):
+            if key_slot(channel) == slot:
+                self.inbox.put_nowait({"type": "unsubscribe", "channel": channel, "data": None})
 
 
 class _ClusterClient:

@@ -115,6 +115,43 @@ async def test_history_stream_on_the_channel_slot_and_replay(
         await b.close()
 
 
+async def test_a_slot_moved_to_another_shard_is_followed_without_an_outage(
+    cluster: RedisClusterService, processes: list[Any]
+) -> None:
+    publisher, listener, _ = processes
+    got: list[tuple[str, int, float]] = []
+    listener.subscribe("moving", Recorder("moving", got))
+    await asyncio.wait_for(listener.wait_subscribed("moving"), TIMEOUT)
+    await publisher.publish("moving", 1)
+    await until(lambda: len(got) == 1, "the first publish")
+
+    key = "h3:{moving}"
+    source = cluster.owner(key)
+    slot = cluster.command(source, "CLUSTER", "KEYSLOT", key)
+    target = next(port for port in cluster.primaries() if port != source)
+    ids = {n["port"]: n["id"] for n in cluster.nodes()}
+    # Resharding an empty slot (no history here), as redis-cli does: importing
+    # on the target, migrating on the source, then the owner on every node,
+    # target first (which bumps its config epoch, so the move sticks).
+    cluster.command(target, "CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source])
+    cluster.command(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target])
+    for port in [target, source, *[p for p in cluster.primaries() if p not in (source, target)]]:
+        cluster.command(port, "CLUSTER", "SETSLOT", slot, "NODE", ids[target])
+    await until(lambda: cluster.owner(key) == target, "the slot on its new shard")
+
+    # Redis ended the subscription on the old shard; it is made on the new one.
+    # Probe until a publish gets through (those before may go nowhere).
+    deadline = time.monotonic() + 5
+    probe = 1
+    while len(got) < 2:
+        assert time.monotonic() < deadline, "the channel was not followed to its new shard"
+        probe += 1
+        await publisher.publish("moving", probe)
+        await asyncio.sleep(0.05)  # pacing between probes, not synchronisation
+    assert got[-1][1] <= probe and listener.confirmed_topics == {"moving"}
+    assert [p.errors for p in processes] == [[], [], []]  # no outage reported
+
+
 async def test_a_primary_killed_during_a_publish_stream(
     cluster: RedisClusterService, processes: list[Any]
 ) -> None:
