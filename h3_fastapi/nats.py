@@ -1,9 +1,10 @@
 """NATS backplane: ``NatsPubSub`` over core NATS subjects, JetStream for history.
 
 For platform teams that already run NATS. Topic ``t`` is the subject
-``prefix.t`` (a topic that is not one plain subject token is base64url
-encoded behind a ``~``). Publishes are core NATS messages: no storage, no
-acknowledgement, the server forwards each to the processes subscribed.
+``prefix.t``, the prefix made one subject token (``h3:`` gives ``h3``; a
+topic that is not one plain subject token is base64url encoded behind a
+``~``). Publishes are core NATS messages: no storage, no acknowledgement,
+the server forwards each to the processes subscribed.
 
 With ``history=N`` a publish goes to JetStream instead, to the subject
 ``prefix-kept.t`` of the stream ``prefix-kept`` (at most N messages per
@@ -30,9 +31,8 @@ from typing import Any
 
 from ._compat import spawn
 from ._redis_subscriber import RedisSubscriber
-from .backplane import BackplanePubSub
+from ._url_pubsub import UrlPubSub, redacted
 from .pubsub import BackplaneReceiver, parse_event_id
-from .redis import redacted
 
 __all__ = ["INSTALL_HINT", "NatsBackplane", "NatsPubSub", "NatsSession"]
 
@@ -124,20 +124,19 @@ class NatsBackplane:
         self,
         url: str,
         *,
-        prefix: str = "h3",
+        prefix: str = "h3:",
         history: int = 0,
         reconnect_backoff: tuple[float, float] = (0.1, 2.0),
         health_check_interval: float = 15.0,
         command_timeout: float = 5.0,
     ) -> None:
         self._nats = load_nats()
-        if not re.fullmatch(r"[A-Za-z0-9_\-]+", prefix):
-            raise ValueError("prefix must be letters, digits, '_' and '-' (a subject token)")
         self.url = url
-        self.prefix = prefix
+        # One subject token: "h3:" becomes "h3", "app:feed:" "app-feed".
+        self.prefix = re.sub(r"[^A-Za-z0-9_-]+", "-", prefix).strip("-") or "h3"
         self.history = history
         self.command_timeout = command_timeout
-        self.stream = prefix + "-kept"
+        self.stream = self.prefix + "-kept"
         self.nc: Any = None
         self.js: Any = None
         self.subscriber = RedisSubscriber(
@@ -266,49 +265,26 @@ async def _close(nc: Any) -> None:
         await nc.close()
 
 
-class NatsPubSub(BackplanePubSub):
+class NatsPubSub(UrlPubSub):
     """Pub/sub across processes and hosts through NATS.
 
     ``url`` is a ``nats://`` URL (``tls://`` for TLS; several servers
     comma-separated are tried in turn). Topic ``t`` is the subject
-    ``prefix.t``. ``history=N`` keeps the last N publishes of each topic in
-    the JetStream stream ``prefix-kept`` for SSE replay; it needs a server
-    with JetStream (``nats-server -js``). A publish over the server's
+    ``prefix.t``, the prefix made one subject token (``h3:`` gives ``h3``).
+    ``history=N`` keeps the last N publishes of each topic in the JetStream
+    stream ``prefix-kept`` for SSE replay; it needs a server with JetStream
+    (``nats-server -js``). A publish over the server's
     ``max_payload`` (1 MB by default) does not cross (logged). The other
     options mean what they mean for ``RedisPubSub``.
 
     Each process holds one listening connection and one for publishing.
     """
 
-    def __init__(
-        self,
-        url: str = "nats://localhost:4222",
-        *,
-        prefix: str = "h3",
-        history: int = 0,
-        on_error: Callable[[Exception], Any] | None = None,
-        reconnect_backoff: tuple[float, float] = (0.1, 2.0),
-        health_check_interval: float = 15.0,
-        command_timeout: float = 5.0,
-        max_pending: int = 10_000,
-    ) -> None:
-        if history < 0:
-            raise ValueError("history must be >= 0")
-        backplane = NatsBackplane(
-            url,
-            prefix=prefix,
-            history=history,
-            reconnect_backoff=reconnect_backoff,
-            health_check_interval=health_check_interval,
-            command_timeout=command_timeout,
-        )
-        super().__init__(
-            backplane,
-            on_error=on_error,
-            reconnect_backoff=reconnect_backoff,
-            command_timeout=command_timeout,
-            max_pending=max_pending,
-            name=f"NATS backplane {redacted(url.split(',')[0])}",
-        )
-        self.url = url
-        self.prefix = prefix
+    default_url = "nats://localhost:4222"
+    label = "NATS backplane"
+
+    def make_backplane(self, url: str, **options: Any) -> NatsBackplane:
+        return NatsBackplane(url, **options)
+
+    def shown(self, url: str) -> str:
+        return redacted(url.split(",")[0])

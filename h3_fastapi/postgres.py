@@ -39,13 +39,12 @@ import base64
 import contextlib
 import hashlib
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from ._redis_subscriber import RedisSubscriber
-from .backplane import BackplanePubSub
+from ._url_pubsub import UrlPubSub
 from .pubsub import BackplaneReceiver, parse_event_id
-from .redis import redacted
 
 __all__ = ["INSTALL_HINT", "ListenSession", "PostgresBackplane", "PostgresPubSub"]
 
@@ -316,7 +315,7 @@ def _inline(envelope: bytes) -> str | None:
     return None
 
 
-class PostgresPubSub(BackplanePubSub):
+class PostgresPubSub(UrlPubSub):
     """Pub/sub across processes and hosts through PostgreSQL ``LISTEN``/``NOTIFY``.
 
     ``url`` is a ``postgresql://`` URL as asyncpg takes it. Topic ``t`` is the
@@ -330,37 +329,8 @@ class PostgresPubSub(BackplanePubSub):
     Each process holds one listening connection and one for publishing.
     """
 
-    def __init__(
-        self,
-        url: str = "postgresql://localhost/postgres",
-        *,
-        prefix: str = "h3:",
-        table: str = "h3_pubsub",
-        history: int = 0,
-        on_error: Callable[[Exception], Any] | None = None,
-        reconnect_backoff: tuple[float, float] = (0.1, 2.0),
-        health_check_interval: float = 15.0,
-        command_timeout: float = 5.0,
-        max_pending: int = 10_000,
-    ) -> None:
-        if history < 0:
-            raise ValueError("history must be >= 0")
-        backplane = PostgresBackplane(
-            url,
-            prefix=prefix,
-            table=table,
-            history=history,
-            reconnect_backoff=reconnect_backoff,
-            health_check_interval=health_check_interval,
-            command_timeout=command_timeout,
-        )
-        super().__init__(
-            backplane,
-            on_error=on_error,
-            reconnect_backoff=reconnect_backoff,
-            command_timeout=command_timeout,
-            max_pending=max_pending,
-            name=f"PostgreSQL backplane {redacted(url)}",
-        )
-        self.url = url
-        self.prefix = prefix
+    default_url = "postgresql://localhost/postgres"
+    label = "PostgreSQL backplane"
+
+    def make_backplane(self, url: str, **options: Any) -> PostgresBackplane:
+        return PostgresBackplane(url, **options)

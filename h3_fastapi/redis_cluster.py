@@ -29,12 +29,11 @@ is refreshed and the channel subscribed on its new owner (again after a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from .backplane import BackplanePubSub
-from .redis import RedisBackplane, redacted
+from ._url_pubsub import UrlPubSub
+from .redis import RedisBackplane
 
 __all__ = ["RedisClusterBackplane", "RedisClusterPubSub", "ShardedSubscription", "cluster_options"]
 
@@ -53,7 +52,7 @@ def cluster_options(url: str) -> dict[str, Any]:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in ("redis+cluster", "rediss+cluster"):
-        raise ValueError(f"not a redis+cluster:// URL: {redacted(url)}")
+        raise ValueError(f"not a redis+cluster:// URL: {_redacted(url)}")
     userinfo, _, hosts = parts.netloc.rpartition("@")
     nodes = []
     for address in hosts.split(","):
@@ -213,7 +212,7 @@ class RedisClusterBackplane(RedisBackplane):
         return self._cluster(socket_timeout=self.command_timeout, client_name=f"h3-pub-{self.tag}")
 
 
-class RedisClusterPubSub(BackplanePubSub):
+class RedisClusterPubSub(UrlPubSub):
     """Pub/sub across processes and hosts through a Redis Cluster's sharded pub/sub.
 
     ``url`` is ``redis+cluster://host:port[,host:port...]`` (``rediss+cluster://``
@@ -229,36 +228,12 @@ class RedisClusterPubSub(BackplanePubSub):
     8.1 is tested).
     """
 
-    def __init__(
-        self,
-        url: str = "redis+cluster://localhost:6379",
-        *,
-        prefix: str = "h3:",
-        history: int = 0,
-        on_error: Callable[[Exception], Any] | None = None,
-        reconnect_backoff: tuple[float, float] = (0.1, 2.0),
-        health_check_interval: float = 15.0,
-        command_timeout: float = 5.0,
-        max_pending: int = 10_000,
-    ) -> None:
-        if history < 0:
-            raise ValueError("history must be >= 0")
+    default_url = "redis+cluster://localhost:6379"
+    label = "Redis Cluster backplane"
+
+    def make_backplane(self, url: str, **options: Any) -> RedisClusterBackplane:
         cluster_options(url)  # a bad URL fails here, not on first use
-        backplane = RedisClusterBackplane(
-            url,
-            prefix=prefix,
-            history=history,
-            reconnect_backoff=reconnect_backoff,
-            health_check_interval=health_check_interval,
-            command_timeout=command_timeout,
-        )
-        super().__init__(
-            backplane,
-            on_error=on_error,
-            reconnect_backoff=reconnect_backoff,
-            command_timeout=command_timeout,
-            max_pending=max_pending,
-            name=f"Redis Cluster backplane {_redacted(url)}",
-        )
-        self.url = url
-        self.prefix = prefix
+        return RedisClusterBackplane(url, **options)
+
+    def shown(self, url: str) -> str:
+        return _redacted(url)

@@ -53,8 +53,8 @@ def make_pubsub(prefix: str, history: int = 0) -> BackplanePubSub:
         return RedisClusterPubSub(URL, prefix=prefix, history=history)
     if scheme.startswith("postgres"):
         return PostgresPubSub(URL, prefix=prefix, history=history)
-    if scheme == "nats":  # a subject token: no ':'
-        return NatsPubSub(URL, prefix=prefix.replace(":", "-").strip("-"), history=history)
+    if scheme == "nats":
+        return NatsPubSub(URL, prefix=prefix, history=history)
     return RedisPubSub(URL, prefix=prefix, history=history)
 
 
