@@ -22,7 +22,6 @@ reported like every other backplane's.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import re
@@ -30,7 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._compat import spawn
-from ._redis_subscriber import RedisSubscriber
+from ._session import QueuedSession, SessionBackplane, import_optional
 from ._url_pubsub import UrlPubSub, redacted
 from .pubsub import BackplaneReceiver, parse_event_id
 
@@ -41,14 +40,6 @@ INSTALL_HINT = "NatsPubSub needs nats-py: pip install 'h3-fastapi[nats]'"
 _TOKEN = re.compile(r"[A-Za-z0-9_\-:]{1,200}")
 
 
-def load_nats() -> Any:
-    try:
-        import nats
-    except ImportError as exc:
-        raise ImportError(INSTALL_HINT) from exc
-    return nats
-
-
 def subject_token(topic: str) -> str:
     """``topic`` as one subject token: itself if plain, else ``~`` + base64url."""
     if _TOKEN.fullmatch(topic):
@@ -57,7 +48,7 @@ def subject_token(topic: str) -> str:
     return "~" + base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-class NatsSession:
+class NatsSession(QueuedSession):
     """One listening connection, as ``RedisSubscriber`` drives a Redis ``PubSub``.
 
     Messages become ``event_id "\\n" envelope`` (the event id from the
@@ -66,23 +57,23 @@ class NatsSession:
     """
 
     def __init__(self, backplane: NatsBackplane) -> None:
+        super().__init__()
         self.backplane = backplane
         self.nc: Any = None
         self.subscriptions: dict[bytes, Any] = {}
-        self.inbox: asyncio.Queue[dict[str, Any] | Exception] = asyncio.Queue()
 
     async def connect(self) -> None:
         self.nc = await self.backplane.connect(on_lost=self._lost)
 
     async def _lost(self, *args: Any) -> None:
         error = args[0] if args and isinstance(args[0], Exception) else None
-        self.inbox.put_nowait(ConnectionError(f"NATS connection lost: {error!r}"))
+        self.fail(ConnectionError(f"NATS connection lost: {error!r}"))
 
     async def _received(self, msg: Any) -> None:
         sequence = (msg.headers or {}).get("Nats-Sequence", "")
         event_id = f"{sequence}-0" if sequence.isdigit() else ""
         data = event_id.encode() + b"\n" + msg.data
-        self.inbox.put_nowait({"type": "message", "channel": msg.subject.encode(), "data": data})
+        self.put("message", msg.subject.encode(), data)
 
     async def subscribe(self, *subjects: bytes) -> None:
         for subject in subjects:
@@ -92,24 +83,18 @@ class NatsSession:
                 )
         await self.nc.flush(self.backplane.command_timeout)  # the server has the SUBs
         for subject in subjects:
-            self.inbox.put_nowait({"type": "subscribe", "channel": subject, "data": None})
+            self.put("subscribe", subject)
 
     async def unsubscribe(self, *subjects: bytes) -> None:
         for subject in subjects:
             subscription = self.subscriptions.pop(subject, None)
             if subscription is not None:
                 await subscription.unsubscribe()
-            self.inbox.put_nowait({"type": "unsubscribe", "channel": subject, "data": None})
+            self.put("unsubscribe", subject)
 
     async def ping(self) -> None:
         await self.nc.flush(self.backplane.command_timeout)
-        self.inbox.put_nowait({"type": "pong", "channel": None, "data": None})
-
-    async def get_message(self, timeout: float | None = None) -> dict[str, Any]:
-        item = await self.inbox.get()
-        if isinstance(item, Exception):
-            raise item
-        return item
+        self.put("pong", None)
 
     async def aclose(self) -> None:
         nc, self.nc = self.nc, None
@@ -117,35 +102,17 @@ class NatsSession:
             await _close(nc)
 
 
-class NatsBackplane:
+class NatsBackplane(SessionBackplane):
     """The ``Backplane`` over NATS (core subjects; JetStream with ``history``)."""
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        prefix: str = "h3:",
-        history: int = 0,
-        reconnect_backoff: tuple[float, float] = (0.1, 2.0),
-        health_check_interval: float = 15.0,
-        command_timeout: float = 5.0,
-    ) -> None:
-        self._nats = load_nats()
-        self.url = url
+    def __init__(self, url: str, *, prefix: str = "h3:", **options: Any) -> None:
         # One subject token: "h3:" becomes "h3", "app:feed:" "app-feed".
-        self.prefix = re.sub(r"[^A-Za-z0-9_-]+", "-", prefix).strip("-") or "h3"
-        self.history = history
-        self.command_timeout = command_timeout
+        token = re.sub(r"[^A-Za-z0-9_-]+", "-", prefix).strip("-") or "h3"
+        super().__init__(url, prefix=token, **options)
+        self._nats = import_optional("nats", INSTALL_HINT)
         self.stream = self.prefix + "-kept"
         self.nc: Any = None
         self.js: Any = None
-        self.subscriber = RedisSubscriber(
-            lambda: self,
-            self.channel,
-            health_check_interval=health_check_interval,
-            reconnect_backoff=reconnect_backoff,
-            on_lost=self.replace,
-        )
 
     def channel(self, topic: str) -> bytes:
         return f"{self.prefix}.{subject_token(topic)}".encode()
@@ -153,11 +120,8 @@ class NatsBackplane:
     def kept_subject(self, topic: str) -> str:
         return f"{self.stream}.{subject_token(topic)}"
 
-    def pubsub(self) -> NatsSession:  # the "client" the subscriber session asks for
+    def session(self) -> NatsSession:
         return NatsSession(self)
-
-    async def aclose(self) -> None:
-        return None
 
     async def connect(self, on_lost: Callable[..., Any] | None = None) -> Any:
         async def quiet(*args: Any) -> None:
@@ -174,14 +138,8 @@ class NatsBackplane:
         )
 
     def start(self, receiver: BackplaneReceiver) -> None:
-        self.nc = self.js = None
-        self.subscriber.start(receiver)
-
-    def subscribe(self, topic: str) -> None:
-        self.subscriber.subscribe(topic)
-
-    def unsubscribe(self, topic: str) -> None:
-        self.subscriber.unsubscribe(topic)
+        self.nc = self.js = None  # a connection of an earlier loop or process is not ours
+        super().start(receiver)
 
     async def publish(self, batch: Sequence[tuple[str, bytes]]) -> Sequence[str | Exception | None]:
         results: list[str | Exception | None] = []

@@ -42,7 +42,7 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
-from ._redis_subscriber import RedisSubscriber
+from ._session import QueuedSession, SessionBackplane, import_optional
 from ._url_pubsub import UrlPubSub
 from .pubsub import BackplaneReceiver, parse_event_id
 
@@ -57,15 +57,7 @@ MAX_CHANNEL = 63
 SPILL_TTL = "60 seconds"
 
 
-def load_asyncpg() -> Any:
-    try:
-        import asyncpg  # type: ignore[import-untyped]
-    except ImportError as exc:
-        raise ImportError(INSTALL_HINT) from exc
-    return asyncpg
-
-
-class ListenSession:
+class ListenSession(QueuedSession):
     """One listening connection, as ``RedisSubscriber`` drives a Redis ``PubSub``.
 
     ``subscribe`` LISTENs, ``get_message`` gives notifications as
@@ -74,9 +66,9 @@ class ListenSession:
     """
 
     def __init__(self, backplane: PostgresBackplane) -> None:
+        super().__init__()
         self.backplane = backplane
         self.conn: Any = None
-        self.inbox: asyncio.Queue[dict[str, Any] | Exception] = asyncio.Queue()
         self.lock = asyncio.Lock()
 
     async def connect(self) -> None:
@@ -84,16 +76,16 @@ class ListenSession:
         self.conn.add_termination_listener(self._terminated)
 
     def _terminated(self, conn: Any) -> None:
-        self.inbox.put_nowait(ConnectionError("PostgreSQL closed the listening connection"))
+        self.fail(ConnectionError("PostgreSQL closed the listening connection"))
 
     def _notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
-        self.inbox.put_nowait({"type": "message", "channel": channel.encode(), "data": payload})
+        self.put("message", channel.encode(), payload)
 
     async def subscribe(self, *channels: bytes) -> None:
         for channel in channels:
             async with self.lock:
                 await self.conn.add_listener(channel.decode(), self._notified)
-            self.inbox.put_nowait({"type": "subscribe", "channel": channel, "data": None})
+            self.put("subscribe", channel)
 
     async def unsubscribe(self, *channels: bytes) -> None:
         for channel in channels:
@@ -103,12 +95,10 @@ class ListenSession:
     async def ping(self) -> None:
         async with self.lock:
             await self.conn.fetchval("SELECT 1", timeout=self.backplane.command_timeout)
-        self.inbox.put_nowait({"type": "pong", "channel": None, "data": None})
+        self.put("pong", None)
 
     async def get_message(self, timeout: float | None = None) -> dict[str, Any]:
-        item = await self.inbox.get()
-        if isinstance(item, Exception):
-            raise item
+        item = await super().get_message()
         if item["type"] == "message":
             item["data"] = await self._unwrap(item["data"])
         return item
@@ -140,40 +130,20 @@ class ListenSession:
             conn.terminate()
 
 
-class PostgresBackplane:
+class PostgresBackplane(SessionBackplane):
     """The ``Backplane`` over PostgreSQL ``LISTEN``/``NOTIFY``."""
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        prefix: str = "h3:",
-        table: str = "h3_pubsub",
-        history: int = 0,
-        reconnect_backoff: tuple[float, float] = (0.1, 2.0),
-        health_check_interval: float = 15.0,
-        command_timeout: float = 5.0,
-    ) -> None:
-        self._asyncpg = load_asyncpg()
+    def __init__(self, url: str, *, table: str = "h3_pubsub", **options: Any) -> None:
+        super().__init__(url, **options)
+        self._asyncpg = import_optional("asyncpg", INSTALL_HINT)
         if not table.replace("_", "").isalnum():
             raise ValueError("table must be letters, digits and underscores")
-        self.url = url
-        self.prefix = prefix
         self.table = table
-        self.history = history
-        self.command_timeout = command_timeout
         self.sql_row = f"SELECT envelope FROM {table} WHERE id = $1"
         self.conn: Any = None
         self._nonce = itertools.count()
         self._table_ready = False
         self._published = 0
-        self.subscriber = RedisSubscriber(
-            lambda: self,
-            self.channel,
-            health_check_interval=health_check_interval,
-            reconnect_backoff=reconnect_backoff,
-            on_lost=self.replace,
-        )
 
     def channel(self, topic: str) -> bytes:
         name = (self.prefix + topic).encode("utf-8", "surrogatepass")
@@ -181,24 +151,15 @@ class PostgresBackplane:
             return name
         return (self.prefix + "#" + hashlib.sha1(name).hexdigest()).encode()
 
-    def pubsub(self) -> ListenSession:  # the "client" the subscriber session asks for
+    def session(self) -> ListenSession:
         return ListenSession(self)
-
-    async def aclose(self) -> None:
-        return None
 
     async def connect(self, timeout: float | None = None) -> Any:
         return await self._asyncpg.connect(self.url, timeout=timeout or self.command_timeout)
 
     def start(self, receiver: BackplaneReceiver) -> None:
-        self.conn = None
-        self.subscriber.start(receiver)
-
-    def subscribe(self, topic: str) -> None:
-        self.subscriber.subscribe(topic)
-
-    def unsubscribe(self, topic: str) -> None:
-        self.subscriber.unsubscribe(topic)
+        self.conn = None  # a connection of an earlier loop or process is not ours
+        super().start(receiver)
 
     async def publish(self, batch: Sequence[tuple[str, bytes]]) -> Sequence[str | Exception | None]:
         try:

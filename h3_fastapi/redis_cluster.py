@@ -32,6 +32,7 @@ import asyncio
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from ._session import QueuedSession
 from ._url_pubsub import UrlPubSub
 from .redis import RedisBackplane
 
@@ -82,7 +83,7 @@ def _redacted(url: str) -> str:
     return f"{scheme}://{'***@' if at else ''}{hosts}"
 
 
-class ShardedSubscription:
+class ShardedSubscription(QueuedSession):
     """The subscriber session's view of ``ClusterPubSub``: one stream of messages.
 
     It offers what ``RedisSubscriber`` uses of a redis-py ``PubSub``
@@ -92,9 +93,9 @@ class ShardedSubscription:
     """
 
     def __init__(self, cluster: Any) -> None:
+        super().__init__()
         self.cluster = cluster
         self.pubsub = cluster.pubsub()
-        self.inbox: asyncio.Queue[dict[str, Any] | Exception] = asyncio.Queue()
         self.readers: dict[str, asyncio.Task[None]] = {}
 
     async def connect(self) -> None:
@@ -114,12 +115,6 @@ class ShardedSubscription:
     async def ping(self) -> None:
         for shard in list(self.pubsub.node_pubsub_mapping.values()):
             await shard.ping()
-
-    async def get_message(self, timeout: float | None = None) -> dict[str, Any]:
-        item = await self.inbox.get()
-        if isinstance(item, Exception):
-            raise item
-        return item
 
     async def aclose(self) -> None:
         for task in self.readers.values():
@@ -162,7 +157,7 @@ class ShardedSubscription:
             raise
         except Exception as exc:
             if node.name in mapping:  # else redis-py closed it: no channels left there
-                self.inbox.put_nowait(exc)
+                self.fail(exc)
 
     async def _moved(self, slot: int) -> None:
         """An SSUBSCRIBE reached a shard that no longer owns ``slot`` (stale slot map).
@@ -175,7 +170,7 @@ class ShardedSubscription:
         await self.cluster.nodes_manager.initialize()
         for channel in list(self.pubsub.shard_channels):
             if key_slot(channel) == slot:
-                self.inbox.put_nowait({"type": "unsubscribe", "channel": channel, "data": None})
+                self.put("unsubscribe", channel)
 
 
 class _ClusterClient:
