@@ -1,7 +1,7 @@
 """h3-fastapi: the h3 API for FastAPI and Starlette.
 
 WebSockets with crossws hooks, Server-Sent Events, a streaming proxy on httpx,
-and pub/sub that scales out through Redis.
+and pub/sub that scales out through Redis, Redis Cluster, PostgreSQL or NATS.
 """
 
 from . import _openapi
@@ -18,9 +18,12 @@ from .health import backplane_status, health_router
 from .limits import RateLimit
 from .message import Message
 from .metrics import disable_metrics, enable_metrics, metrics_app
+from .nats import NatsPubSub
 from .peer import CloseDetails, Peer
+from .postgres import PostgresPubSub
 from .pubsub import Backplane, MemoryPubSub, PubSub, publish
 from .redis import RedisPubSub
+from .redis_cluster import RedisClusterPubSub
 from .resumable import cancel_resumable, resumable_stream, start_resumable
 from .routing import H3, H3Router, Server, serve
 from .tracing import disable_tracing, enable_tracing
@@ -45,12 +48,15 @@ __all__ = [
     "H3Router",
     "MemoryPubSub",
     "Message",
+    "NatsPubSub",
     "Peer",
+    "PostgresPubSub",
     "Presence",
     "ProxyOptions",
     "PubSub",
     "RateLimit",
     "Recovery",
+    "RedisClusterPubSub",
     "RedisPubSub",
     "Server",
     "TargetNotAllowed",

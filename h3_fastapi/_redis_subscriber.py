@@ -213,8 +213,12 @@ class RedisSubscriber:
                 receiver.received(topic, envelope, event_id)
             elif kind == "subscribe":
                 receiver.subscribed(topic)
-            elif kind == "unsubscribe" and topic not in self.wanted:
-                del self._channel_topics[channel]
+            elif kind == "unsubscribe":
+                if topic in self.wanted:  # ended by the server (a shard's slot moved)
+                    self._on_server.discard(topic)
+                    self._mark(topic)
+                else:
+                    del self._channel_topics[channel]
 
 
 def _chunks(items: list[str]) -> Iterable[list[str]]:

@@ -422,7 +422,10 @@ def get_default_pubsub() -> PubSub:
 def pubsub_from_url(url: str) -> PubSub:
     """The pub/sub a URL names, by scheme (empty or ``memory://``: ``MemoryPubSub``).
 
-    ``redis://``, ``rediss://``, ``unix://``: ``RedisPubSub``.
+    ``redis://``, ``rediss://``, ``unix://``: ``RedisPubSub``;
+    ``redis+cluster://``, ``rediss+cluster://``: ``RedisClusterPubSub``;
+    ``postgresql://``, ``postgres://``: ``PostgresPubSub``; ``nats://``, ``tls://``:
+    ``NatsPubSub``.
     """
     scheme = url.partition("://")[0].lower() if "://" in url else ""
     if not url or scheme == "memory":
@@ -431,6 +434,18 @@ def pubsub_from_url(url: str) -> PubSub:
         from .redis import RedisPubSub
 
         return RedisPubSub(url)
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        from .redis_cluster import RedisClusterPubSub
+
+        return RedisClusterPubSub(url)
+    if scheme in ("postgresql", "postgres"):
+        from .postgres import PostgresPubSub
+
+        return PostgresPubSub(url)
+    if scheme in ("nats", "tls"):
+        from .nats import NatsPubSub
+
+        return NatsPubSub(url)
     raise ValueError(f"H3_PUBSUB_URL: no pub/sub for the scheme {scheme or url[:20]!r}")
 
 

@@ -19,20 +19,17 @@ back with backoff, and every topic is subscribed again.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ._redis_publisher import RedisPublisher
 from ._redis_subscriber import RedisSubscriber
-from .backplane import BackplanePubSub
+from ._url_pubsub import UrlPubSub, redacted
 from .pubsub import BackplaneReceiver
 
 __all__ = ["INSTALL_HINT", "RedisBackplane", "RedisPubSub", "redacted"]
 
 INSTALL_HINT = "RedisPubSub needs the Redis client: pip install 'h3-fastapi[redis]'"
-
-_SECRET_PARAMS = {"password", "pass", "pwd", "secret", "token", "auth", "api_key", "apikey"}
 
 
 def load_redis() -> Any:
@@ -44,28 +41,11 @@ def load_redis() -> Any:
     return redis_asyncio
 
 
-def redacted(url: str) -> str:
-    """``url`` without secrets, for log lines: userinfo and ``?password=``-like values."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        if parts.port is not None:
-            host = f"{host}:{parts.port}"
-    except ValueError:
-        return "<unparsable URL>"
-    if parts.username or parts.password is not None:
-        host = "***@" + host
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, "***" if k.lower() in _SECRET_PARAMS else v) for k, v in pairs])
-    return urlunsplit((parts.scheme, host, parts.path, query, ""))
-
-
 class RedisBackplane:
     """The ``Backplane`` over one Redis (or Valkey) server."""
+
+    #: The command that sends a message (``SPUBLISH`` for sharded pub/sub).
+    publish_command = "PUBLISH"
 
     def __init__(
         self,
@@ -83,7 +63,9 @@ class RedisBackplane:
         self.history = history
         self.command_timeout = command_timeout
         self.tag = "h3"
-        self.publisher = RedisPublisher(self._publisher_client, self.channel, history=history)
+        self.publisher = RedisPublisher(
+            self._publisher_client, self.channel, history=history, command=self.publish_command
+        )
         self.subscriber = RedisSubscriber(
             self._subscriber_client,
             self.channel,
@@ -141,7 +123,7 @@ class RedisBackplane:
         )
 
 
-class RedisPubSub(BackplanePubSub):
+class RedisPubSub(UrlPubSub):
     """Pub/sub across processes and hosts through Redis PUBLISH/SUBSCRIBE.
 
     ``url`` is a ``redis://`` (or ``rediss://``, ``unix://``) URL. Topics map to
@@ -163,36 +145,8 @@ class RedisPubSub(BackplanePubSub):
     the ``redis`` package installed it raises ``ImportError`` here.
     """
 
-    def __init__(
-        self,
-        url: str = "redis://localhost:6379/0",
-        *,
-        prefix: str = "h3:",
-        history: int = 0,
-        on_error: Callable[[Exception], Any] | None = None,
-        reconnect_backoff: tuple[float, float] = (0.1, 2.0),
-        health_check_interval: float = 15.0,
-        command_timeout: float = 5.0,
-        max_pending: int = 10_000,
-    ) -> None:
-        if history < 0:
-            raise ValueError("history must be >= 0")
-        backplane = RedisBackplane(
-            url,
-            prefix=prefix,
-            history=history,
-            reconnect_backoff=reconnect_backoff,
-            health_check_interval=health_check_interval,
-            command_timeout=command_timeout,
-        )
-        super().__init__(
-            backplane,
-            on_error=on_error,
-            reconnect_backoff=reconnect_backoff,
-            command_timeout=command_timeout,
-            max_pending=max_pending,
-            name=f"Redis backplane {redacted(url)}",
-        )
-        self.url = url
-        self.prefix = prefix
-        self.health_check_interval = health_check_interval
+    default_url = "redis://localhost:6379/0"
+    label = "Redis backplane"
+
+    def make_backplane(self, url: str, **options: Any) -> RedisBackplane:
+        return RedisBackplane(url, **options)

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Installs what the tests need beyond pip (redis-server, chromium) when this
+# Installs what the tests need beyond pip (redis-server, postgresql,
+# nats-server, chromium) when this
 # runs as root with apt available, as CI does. Elsewhere it only reports what
 # is missing: those tests then skip loudly (and fail under CI=true).
 set -uo pipefail
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 
 if [ ${#missing[@]} -eq 0 ]; then
@@ -17,7 +20,8 @@ if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >/dev/null
     apt-get install -y -qq --no-install-recommends "${missing[@]}" fonts-dejavu-core >/dev/null
-    # redis-server's package may start a service on 6379; tests start their own.
+    # redis-server's and postgresql's packages may start services on their
+    # default ports; tests start their own on free ports.
     exit 0
 fi
 

@@ -7,11 +7,11 @@ Two halves:
   subscribers check delivery, order, frame types, connections, outages and
   history precisely.
 - Across processes: ``tests/apps/scale_app.py`` in 4 uvicorn processes on 4
-  ports sharing one Redis, driven by real WebSocket (``websockets``) and SSE
-  (``httpx``) clients: 200 clients x 50 messages, a WebSocket publish reaching
-  SSE on another host, SSE replay after reconnecting elsewhere, a Redis
-  restart under 100 connected clients, and ``uvicorn --workers 2`` on one port
-  running the docs example with ``H3_PUBSUB_URL``.
+  ports sharing one Redis (``tests/cross_process.py``): a Redis restart under
+  100 connected clients, and ``uvicorn --workers 2`` on one port running the
+  docs example with ``H3_PUBSUB_URL``. The tests that hold for every backplane
+  (200 clients x 50 messages, WebSocket to SSE, SSE replay) are in
+  ``test_backplanes.py``, Redis among them.
 
 Nothing waits by sleeping: tests wait for messages or poll a condition with a
 deadline.
@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
-import json
 import logging
 import multiprocessing
 import shutil
@@ -40,53 +39,26 @@ import httpx
 import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
-from websockets.client import ClientProtocol
-from websockets.frames import Frame, Opcode
-from websockets.uri import parse_uri
 
 from h3_fastapi import MemoryPubSub, RedisPubSub
-from h3_fastapi.pubsub import Outgoing, get_default_pubsub, parse_event_id, set_default_pubsub
+from h3_fastapi.pubsub import Outgoing, get_default_pubsub, set_default_pubsub
 from tests.conftest import ROOT, ChildServer, free_port, need
-from tests.processes import ChildProcess
+from tests.cross_process import (
+    Cluster,
+    every_process,
+    join_chat,
+    next_data,
+    next_event,
+    sse_events,
+    ws_connect,
+)
 from tests.recorders import Subscriber as Recorder
+from tests.services import RedisServer
 
 pytestmark = pytest.mark.redis
 TIMEOUT = 10
 
 # ---------------------------------------------------------------- helpers
-
-
-class RedisServer:
-    """A throwaway ``redis-server`` (no persistence) that can be killed and restarted."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.proc: ChildProcess | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        command = ["redis-server", "--save", "", "--appendonly", "no"]
-        command += ["--port", str(self.port), "--bind", "127.0.0.1"]
-        self.proc = ChildProcess(command)
-        self.proc.wait_for("Ready to accept connections", timeout=10)
-        return self
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-
-    def command(self, *args: str) -> Any:
-        """Run one command with a fresh plain client (not the code under test)."""
-        import redis
-
-        client = redis.Redis.from_url(self.url)
-        try:
-            return client.execute_command(*args)
-        finally:
-            client.close()
 
 
 def need_redis() -> None:
@@ -625,325 +597,14 @@ def test_env_selects_redis_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # ---------------------------------------------------------------- across processes
-
-
-class Cluster:
-    """``scale_app`` in several uvicorn processes on their own ports, one Redis."""
-
-    def __init__(self, redis: RedisServer, count: int) -> None:
-        env = {"SCALE_REDIS_URL": redis.url, "SCALE_PREFIX": f"scale{free_port()}:"}
-        self.redis = redis
-        # Clients busy reading ~10,000 frames answer pings late on a loaded
-        # machine; uvicorn's 20 s keepalive must not be what the test measures.
-        args = ["--ws-ping-interval", "600", "--ws-ping-timeout", "600"]
-        self.servers = [
-            ChildServer("tests.apps.scale_app:app", free_port(), args, env) for _ in range(count)
-        ]
-        for server in self.servers:  # they started together; wait for each
-            server.wait_ready(30)
-
-    async def status(self) -> list[dict[str, Any]]:
-        async with httpx.AsyncClient(timeout=5) as client:
-            replies = await asyncio.gather(*(client.get(s.url + "/status") for s in self.servers))
-        return [r.json() for r in replies]
-
-    def stop(self) -> None:
-        for server in self.servers:
-            server.stop()
+# The cross-process tests that hold for every backplane are in test_backplanes.py.
 
 
 @pytest.fixture(scope="module")
 def cluster(redis_server: RedisServer) -> Iterator[Cluster]:
-    cluster = Cluster(redis_server, 4)
+    cluster = Cluster(redis_server.url, 4, redis_server)
     yield cluster
     cluster.stop()
-
-
-async def ws_connect(url: str) -> ClientConnection:
-    return await websockets.connect(
-        url, compression=None, ping_interval=None, proxy=None, open_timeout=30, max_queue=None
-    )
-
-
-async def join_chat(url: str, path: str = "/chat") -> tuple[ClientConnection, int]:
-    """Connect and wait for ``ready`` (sent once Redis confirmed the subscription)."""
-    ws = await ws_connect(url + path)
-    hello = json.loads(await asyncio.wait_for(ws.recv(), 30))
-    assert hello["confirmed"], hello
-    return ws, hello["ready"]
-
-
-class FrameClient(asyncio.Protocol):
-    """A WebSocket client on the ``websockets`` library's sans-I/O protocol.
-
-    ``on_frame(frame)`` is called for each text or binary frame as it is
-    parsed. The library's asyncio client spends about 40 µs per received frame
-    (a future per ``recv``); the 200 x 50 test receives 1,990,000 frames, so it
-    drives the same library's protocol directly (about 9 µs per frame).
-    """
-
-    def __init__(self, url: str, on_frame: Callable[[Frame], None]) -> None:
-        self.protocol = ClientProtocol(parse_uri(url))
-        self.on_frame = on_frame
-        loop = asyncio.get_running_loop()
-        self.opened: asyncio.Future[None] = loop.create_future()
-        self.closed: asyncio.Future[None] = loop.create_future()
-        self.transport: asyncio.Transport | None = None
-
-    @classmethod
-    async def connect(cls, url: str, on_frame: Callable[[Frame], None]) -> FrameClient:
-        parts = parse_uri(url)
-        loop = asyncio.get_running_loop()
-        _, client = await loop.create_connection(lambda: cls(url, on_frame), parts.host, parts.port)
-        await asyncio.wait_for(client.opened, 30)
-        return client
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self.protocol.send_request(self.protocol.connect())
-        self._flush()
-
-    def data_received(self, data: bytes) -> None:
-        self.protocol.receive_data(data)
-        for event in self.protocol.events_received():
-            if isinstance(event, Frame):
-                if event.opcode in (Opcode.TEXT, Opcode.BINARY):
-                    self.on_frame(event)
-            elif not self.opened.done():
-                error = self.protocol.handshake_exc
-                if error is None:
-                    self.opened.set_result(None)
-                else:
-                    self.opened.set_exception(error)
-        self._flush()  # pongs, close frames
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.opened.done():
-            self.opened.set_exception(ConnectionError("connection lost during handshake"))
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-    def send(self, data: str | bytes) -> None:
-        if isinstance(data, str):
-            self.protocol.send_text(data.encode())
-        else:
-            self.protocol.send_binary(data)
-        self._flush()
-
-    async def close(self) -> None:
-        if not self.closed.done():
-            self.protocol.send_close(1000)
-            self._flush()
-            await asyncio.wait_for(self.closed, TIMEOUT)
-
-    def _flush(self) -> None:
-        assert self.transport is not None
-        for chunk in self.protocol.data_to_send():
-            if chunk:
-                self.transport.write(chunk)
-            elif self.transport.can_write_eof():
-                self.transport.write_eof()
-
-
-class ChatMember:
-    """One of the 200 clients: checks every frame as it arrives."""
-
-    def __init__(self, me: int, clients: int, per_client: int) -> None:
-        self.me = me
-        self.clients = clients
-        self.expected = [0] * clients
-        self.remaining = (clients - 1) * per_client
-        self.markers: set[int] = set()
-        loop = asyncio.get_running_loop()
-        self.ready: asyncio.Future[int] = loop.create_future()
-        self.received_all: asyncio.Future[None] = loop.create_future()
-        self.markers_done: asyncio.Future[None] = loop.create_future()
-
-    def on_frame(self, frame: Frame) -> None:
-        try:
-            self._check(frame)
-        except Exception as exc:  # report it on the futures the test awaits
-            for future in (self.ready, self.received_all, self.markers_done):
-                if not future.done():
-                    future.set_exception(exc)
-
-    def _check(self, frame: Frame) -> None:
-        binary = frame.opcode is Opcode.BINARY
-        text = frame.data.decode()
-        if not self.ready.done():
-            hello = json.loads(text)
-            assert hello["confirmed"], hello
-            self.ready.set_result(hello["ready"])
-            return
-        if self.remaining:
-            sender, seq = map(int, text.split(":"))
-            assert sender != self.me, "a client got its own message back"
-            assert binary == (sender % 2 == 1), "frame type changed on the way"
-            assert seq == self.expected[sender], f"{self.me}: {sender}:{seq} out of order"
-            self.expected[sender] += 1
-            self.remaining -= 1
-            if not self.remaining:
-                self.received_all.set_result(None)
-            return
-        # After all 9,950: only the other clients' end markers, each once.
-        assert text.startswith("end:") and not binary, f"{self.me}: extra frame {text!r}"
-        sender = int(text[4:])
-        assert sender != self.me and sender not in self.markers, f"marker {sender} twice"
-        self.markers.add(sender)
-        if len(self.markers) == self.clients - 1:
-            self.markers_done.set_result(None)
-
-
-async def test_200_clients_on_4_processes_get_every_message_once_in_order(
-    cluster: Cluster,
-) -> None:
-    """Each of 200 clients publishes 50 messages; each gets the other 9,950 once, in order."""
-    clients, per_client = 200, 50
-    servers = cluster.servers
-    members = [ChatMember(i, clients, per_client) for i in range(clients)]
-    started = time.monotonic()
-    sockets = await asyncio.gather(
-        *(
-            FrameClient.connect(servers[i % len(servers)].ws_url + "/chat", m.on_frame)
-            for i, m in enumerate(members)
-        )
-    )
-    pids = await asyncio.wait_for(asyncio.gather(*(m.ready for m in members)), 30)
-    assert len(set(pids)) == len(servers)  # spread over 4 processes, all subscribed
-    connected = time.monotonic()
-
-    for seq in range(per_client):  # everyone at once, each in its own order
-        for i, ws in enumerate(sockets):
-            body = f"{i}:{seq}"
-            ws.send(body.encode() if i % 2 else body)  # odd clients send binary
-    try:
-        await asyncio.wait_for(asyncio.gather(*(m.received_all for m in members)), 90)
-    except asyncio.TimeoutError:
-        left = sorted(m.remaining for m in members)
-        raise AssertionError(
-            f"not every message arrived in 90 s: frames still missing per client "
-            f"min {left[0]} median {left[len(left) // 2]} max {left[-1]}; "
-            f"servers: {await cluster.status()}"
-        ) from None
-    delivered = time.monotonic()
-    assert all(
-        m.expected == [0 if j == m.me else per_client for j in range(clients)] for m in members
-    )
-
-    # Nothing more may arrive: each client sends an end marker, and the next
-    # 199 frames every client reads must be exactly the others' markers.
-    closed = [ws.protocol.close_rcvd for ws in sockets if ws.protocol.close_rcvd]
-    assert not closed, f"clients were disconnected: {closed[:3]}"
-    for i, ws in enumerate(sockets):
-        ws.send(f"end:{i}")
-    await asyncio.wait_for(asyncio.gather(*(m.markers_done for m in members)), 30)
-    closed = [ws.protocol.close_rcvd for ws in sockets if ws.closed.done()]
-    assert not closed, f"clients were disconnected: {closed[:3]}"
-    await asyncio.gather(*(ws.close() for ws in sockets))
-    total = clients * (clients - 1) * per_client
-    print(
-        f"\n200x50 over 4 processes: connected in {connected - started:.1f}s, {total:,} "
-        f"deliveries in {delivered - connected:.1f}s ({total / (delivered - connected):,.0f}/s)"
-    )
-
-
-async def sse_events(
-    url: str, headers: dict[str, str] | None = None
-) -> AsyncIterator[dict[str, str]]:
-    """Events of an SSE response, after a ``{"status": "200"}`` item for the headers.
-
-    A comment line gives a ``{"comment": ...}`` item.
-    """
-    async with httpx.AsyncClient(timeout=httpx.Timeout(30, read=None)) as client:
-        async with client.stream("GET", url, headers=headers or {}) as response:
-            assert response.status_code == 200
-            assert response.headers["content-type"].startswith("text/event-stream")
-            yield {"status": str(response.status_code)}
-            event: dict[str, str] = {}
-            async for line in response.aiter_lines():
-                if line.startswith(":"):
-                    yield {"comment": line[1:].strip()}
-                elif line == "":
-                    if event:
-                        yield event
-                    event = {}
-                else:
-                    name, _, value = line.partition(": ")
-                    event[name] = value
-
-
-async def next_event(events: AsyncIterator[dict[str, str]]) -> dict[str, str]:
-    return await asyncio.wait_for(anext(events), TIMEOUT)
-
-
-async def next_data(events: AsyncIterator[dict[str, str]]) -> dict[str, str]:
-    """The next event with data (comments are not events for an SSE client)."""
-    while True:
-        event = await next_event(events)
-        if "data" in event:
-            return event
-
-
-async def open_events(url: str, headers: dict[str, str] | None = None) -> Any:
-    """An SSE stream of ``scale_app``, once its subscription is confirmed."""
-    events = sse_events(url, headers)
-    assert await next_event(events) == {"status": "200"}
-    assert await next_event(events) == {"comment": "subscribed"}
-    return events
-
-
-async def test_websocket_publish_on_host_a_reaches_sse_on_host_b(cluster: Cluster) -> None:
-    host_a, host_b = cluster.servers[0], cluster.servers[1]
-    events = await open_events(host_b.url + "/events/chat")
-    ws, pid_a = await join_chat(host_a.ws_url)
-    try:
-        await ws.send("hello from A")
-        assert (await next_event(events))["data"] == "hello from A"
-        await ws.send(b"binary from A")  # SSE carries text: UTF-8 of the bytes
-        assert (await next_event(events))["data"] == "binary from A"
-        # A plain ``def`` endpoint on A (a worker thread) publishes with
-        # module-level publish: SSE on B and the WebSocket on A get it.
-        async with httpx.AsyncClient() as client:
-            reply = await client.post(
-                host_a.url + "/publish/chat", params={"data": "from a thread"}
-            )
-        assert reply.json()["pid"] == pid_a
-        assert (await next_event(events))["data"] == "from a thread"
-        assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "from a thread"
-    finally:
-        await ws.close()
-        await events.aclose()
-
-
-async def test_sse_replay_after_reconnecting_to_another_process(cluster: Cluster) -> None:
-    """Disconnect, 10 publishes, reconnect elsewhere with Last-Event-ID: the 10, then live."""
-    a, b, c = cluster.servers[0], cluster.servers[1], cluster.servers[2]
-    publisher, _ = await join_chat(a.ws_url, "/feed")
-    try:
-        events = await open_events(b.url + "/feed/events/feed")
-        await publisher.send("seen")
-        seen = await next_event(events)
-        assert seen["data"] == "seen" and parse_event_id(seen["id"])
-        await events.aclose()  # the client goes away
-
-        for i in range(10):
-            await publisher.send(f"missed {i}")
-        async with httpx.AsyncClient() as client:  # and one from a thread on another host
-            await client.post(c.url + "/publish/feed", params={"data": "missed 10", "feed": True})
-
-        events = sse_events(c.url + "/feed/events/feed", {"Last-Event-ID": seen["id"]})
-        assert await next_event(events) == {"status": "200"}
-        replayed = [await next_data(events) for _ in range(11)]
-        assert [e.get("data") for e in replayed] == [f"missed {i}" for i in range(11)]
-        keys = [parse_event_id(e["id"]) for e in [seen, *replayed]]
-        assert keys == sorted(keys) and len(set(keys)) == 12
-        await publisher.send("live")
-        live = await next_data(events)
-        assert live["data"] == "live" and parse_event_id(live["id"]) > keys[-1]  # type: ignore[operator]
-        await events.aclose()
-    finally:
-        await publisher.close()
 
 
 async def test_redis_restart_with_100_clients_connected(cluster: Cluster) -> None:
@@ -953,20 +614,23 @@ async def test_redis_restart_with_100_clients_connected(cluster: Cluster) -> Non
     sockets = [ws for ws, _ in joined]
     by_server = [[ws for i, ws in enumerate(sockets) if i % 4 == s] for s in range(4)]
     try:
-        cluster.redis.kill()
+        cluster.service.kill()
         await eventually(
-            lambda: _all(cluster, lambda s: not s["connected"]), "every process sees the outage"
+            lambda: every_process(cluster, lambda s: not s["connected"]),
+            "every process sees the outage",
         )
         # Local delivery goes on: a client on server 0 reaches the 24 others there.
         await by_server[0][0].send("during the outage")
         for ws in by_server[0][1:]:
             assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "during the outage"
 
-        cluster.redis.start()  # same port
+        cluster.service.start()  # same port
         restarted = time.monotonic()
         try:
             await eventually(
-                lambda: _all(cluster, lambda s: s["connected"] and "chat" in s["confirmed"]),
+                lambda: every_process(
+                    cluster, lambda s: s["connected"] and "chat" in s["confirmed"]
+                ),
                 "every process resubscribed",
                 timeout=5,
             )
@@ -998,10 +662,6 @@ async def test_redis_restart_with_100_clients_connected(cluster: Cluster) -> Non
         )
     finally:
         await asyncio.gather(*(ws.close() for ws in sockets))
-
-
-async def _all(cluster: Cluster, check: Callable[[dict[str, Any]], bool]) -> bool:
-    return all(check(s) for s in await cluster.status())
 
 
 # ---------------------------------------------------------------- the docs recipe

@@ -1,18 +1,20 @@
-"""A chat and a live feed on Redis pub/sub, run as several processes by ``test_redis.py``.
+"""A chat and a live feed on a backplane, run as several processes by the tests.
 
-Environment: ``SCALE_REDIS_URL`` (required), ``SCALE_PREFIX`` (channel prefix).
+Environment: ``SCALE_URL`` (required: ``redis://``, ``redis+cluster://``,
+``postgresql://`` or ``nats://``, picked by scheme as ``H3_PUBSUB_URL`` is),
+``SCALE_PREFIX`` (channel prefix).
 
-- ``/chat`` WebSocket: subscribes to ``chat``, says ``{"ready": pid}`` once Redis
+- ``/chat`` WebSocket: subscribes to ``chat``, says ``{"ready": pid}`` once the backplane
   has confirmed the subscription, then republishes every message it gets to
   the other subscribers as is (text stays text, binary stays binary).
 - ``/feed`` WebSocket: the same on the ``feed`` pub/sub, which keeps history.
 - ``GET /events/{topic}`` SSE on the chat pub/sub, ``GET /feed/events/{topic}`` SSE
   with replay on the feed pub/sub. Both send a ``: subscribed`` comment once
-  Redis has confirmed the subscription.
+  the backplane has confirmed the subscription.
 - ``POST /publish/{topic}`` (a plain ``def`` endpoint: it runs in a worker
   thread) publishes ``?data=`` with module-level ``publish``.
 - ``GET /status``: this process's pid, the chat backplane's connection state,
-  the topics Redis confirmed, and the chat peer count.
+  the topics the backplane confirmed, and the chat peer count.
 """
 
 from __future__ import annotations
@@ -28,27 +30,44 @@ from h3_fastapi import (
     EventStream,
     H3Router,
     Message,
+    NatsPubSub,
     Peer,
+    PostgresPubSub,
+    RedisClusterPubSub,
     RedisPubSub,
     create_event_stream,
     publish,
 )
+from h3_fastapi.backplane import BackplanePubSub
 from h3_fastapi.pubsub import set_default_pubsub
 
-URL = os.environ["SCALE_REDIS_URL"]
+URL = os.environ["SCALE_URL"]
 PREFIX = os.environ.get("SCALE_PREFIX", "scale:")
 PID = os.getpid()
 
-chat_pubsub = RedisPubSub(URL, prefix=PREFIX)
-feed_pubsub = RedisPubSub(URL, prefix=PREFIX + "feed:", history=100)
-set_default_pubsub(chat_pubsub)  # module-level publish goes through Redis too
+
+def make_pubsub(prefix: str, history: int = 0) -> BackplanePubSub:
+    """The backplane ``URL`` names, with a prefix and history."""
+    scheme = URL.partition("://")[0]
+    if scheme.endswith("+cluster"):
+        return RedisClusterPubSub(URL, prefix=prefix, history=history)
+    if scheme.startswith("postgres"):
+        return PostgresPubSub(URL, prefix=prefix, history=history)
+    if scheme == "nats":
+        return NatsPubSub(URL, prefix=prefix, history=history)
+    return RedisPubSub(URL, prefix=prefix, history=history)
+
+
+chat_pubsub = make_pubsub(PREFIX)
+feed_pubsub = make_pubsub(PREFIX + "feed:", history=100)
+set_default_pubsub(chat_pubsub)  # module-level publish goes through the backplane too
 
 app = FastAPI()
 router = H3Router(pubsub=chat_pubsub)
 feed_router = H3Router(pubsub=feed_pubsub)
 
 
-async def _confirmed(pubsub: RedisPubSub, topic: str) -> bool:
+async def _confirmed(pubsub: BackplanePubSub, topic: str) -> bool:
     try:
         await asyncio.wait_for(pubsub.wait_subscribed(topic), 10)
     except asyncio.TimeoutError:
@@ -59,7 +78,7 @@ async def _confirmed(pubsub: RedisPubSub, topic: str) -> bool:
 class Room:
     """Join ``topic``; relay what a peer sends to every other subscriber."""
 
-    def __init__(self, topic: str, pubsub: RedisPubSub) -> None:
+    def __init__(self, topic: str, pubsub: BackplanePubSub) -> None:
         self.topic = topic
         self.pubsub = pubsub
 
@@ -78,7 +97,7 @@ app.include_router(router)
 app.include_router(feed_router)
 
 
-async def _stream(request: Request, topic: str, pubsub: RedisPubSub) -> EventStream:
+async def _stream(request: Request, topic: str, pubsub: BackplanePubSub) -> EventStream:
     stream = create_event_stream(request, pubsub=pubsub)
     stream.subscribe(topic)
     if await _confirmed(pubsub, topic):
