@@ -8,6 +8,9 @@ the end-to-end numbers in ``python -m bench`` include.
 
 - echo: N text messages in, N out, on one connection; ``receive`` yields to
   the loop once per message like a real server waiting for the network.
+  Hooks ``async def``, and ``def`` in the threadpool or on the loop (issue 13).
+- typed echo: the same with a 64-byte JSON message, validated into a Pydantic
+  model by a typed hook, parsed untyped, or validated by hand in FastAPI (issue 12).
 - sse: one stream of N events; ``send`` never blocks.
 """
 
@@ -23,19 +26,28 @@ from typing import Any
 
 ECHO_APPS = (
     ("h3", "/echo"),
-    ("h3", "/echo-sync"),
+    ("h3", "/echo-threadpool"),
+    ("h3", "/echo-loop"),
     ("h3_starlette", "/echo"),
     ("starlette", "/echo"),
     ("fastapi", "/echo"),
 )
-SSE_ROUTES = ("/h3", "/h3-push", "/raw", "/sse-starlette")
+TYPED_ECHO_APPS = (
+    ("h3", "/echo-typed"),
+    ("h3", "/echo-json"),
+    ("fastapi", "/echo-typed"),
+)
+SSE_ROUTES = ("/h3", "/h3-push", "/raw", "/sse-starlette", "/h3-typed", "/fastapi-sse")
+TEXT = "e" * 32
+# The JSON message of the typed echo, 64 bytes as in ``python -m bench --only echo-json``.
+JSON = '{"id":1,"text":"' + "e" * 46 + '"}'
 
 
-async def _echo_once(app: Any, path: str, messages: int) -> tuple[float, int]:
+async def _echo_once(app: Any, path: str, messages: int, text: str) -> tuple[float, int]:
     """CPU seconds to echo ``messages`` messages through ``app``; and how many came back."""
     sent = 0
     queue = [{"type": "websocket.connect"}]
-    queue += [{"type": "websocket.receive", "text": "e" * 32}] * messages
+    queue += [{"type": "websocket.receive", "text": text}] * messages
     position = 0
     finished = asyncio.Event()
 
@@ -52,7 +64,7 @@ async def _echo_once(app: Any, path: str, messages: int) -> tuple[float, int]:
 
     async def send(message: dict[str, Any]) -> None:
         nonlocal sent
-        if message["type"] == "websocket.send":
+        if message["type"] == "websocket.send" and message.get("text") == text:
             sent += 1
             if sent >= messages:
                 finished.set()
@@ -134,7 +146,7 @@ def main() -> None:
     parser.add_argument("--h3-path", default=None, help="import h3_fastapi from this directory")
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--repeat", type=int, default=15)
-    parser.add_argument("--only", choices=("echo", "sse"), default=None)
+    parser.add_argument("--only", choices=("echo", "typed", "sse"), default=None)
     args = parser.parse_args()
     if args.h3_path:
         sys.path.insert(0, args.h3_path)
@@ -147,19 +159,28 @@ def main() -> None:
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     n = args.messages
-    if args.only != "sse":
-        print(f"echo, {n} messages, fastest of {args.repeat} (CPU µs per message):")
+    echo_groups = (
+        ("echo", "echo", ECHO_APPS, TEXT),
+        ("typed", "typed echo (JSON)", TYPED_ECHO_APPS, JSON),
+    )
+    for group, title, apps, text in echo_groups:
+        if args.only not in (None, group):
+            continue
+        print(
+            f"{title}, {n} messages of {len(text)} bytes, fastest of {args.repeat}"
+            " (CPU µs per message):"
+        )
         echo_runs = {
             f"{name} {path}": (
-                lambda app=getattr(ws_apps, name), path=path: loop.run_until_complete(
-                    _echo_once(app, path, n)
+                lambda app=getattr(ws_apps, name), path=path, text=text: loop.run_until_complete(
+                    _echo_once(app, path, n, text)
                 )
             )
-            for name, path in ECHO_APPS
+            for name, path in apps
         }
         for label, (cpu, sent) in _interleaved(echo_runs, args.repeat).items():
             print(f"  {label:<24} {1e6 * cpu / n:7.2f} µs   ({sent} echoed)")
-    if args.only != "echo":
+    if args.only in (None, "sse"):
         print(f"sse, one stream of {n} events, fastest of {args.repeat} (CPU µs per event):")
         sse_runs = {
             path: lambda path=path: loop.run_until_complete(_sse_once(sse_app, path, n))

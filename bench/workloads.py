@@ -1,4 +1,4 @@
-"""The five workloads, their variants (this library and its anchors) and targets.
+"""The six workloads, their variants (this library and its anchors) and targets.
 
 Each measurement starts a fresh server for one variant, runs one load
 generator against it and returns the load generator's result plus the
@@ -46,7 +46,8 @@ class Case:
 
 @dataclass(frozen=True)
 class Target:
-    """A goal from issue 7, checked on the medians of one run of the bench.
+    """A goal from an issue (7; 12 and 13 for typed and threadpool echo, typed SSE),
+    checked on the medians of one run of the bench.
 
     ``kind="ratio"``: ``variant / anchor`` of ``metric`` compared with ``bound``.
     ``kind="difference"``: ``variant - anchor`` (KiB per idle peer).
@@ -157,6 +158,9 @@ ECHO = Workload(
         _ws("starlette", "raw Starlette", "starlette", "/echo"),
         _ws("fastapi", "FastAPI @app.websocket", "fastapi", "/echo"),
         _ws_node("/echo"),
+        # Issue 13: where a plain ``def`` hook runs (h3-fastapi above is ``async def``).
+        _ws("h3-threadpool", "h3-fastapi def hook, threadpool (default)", "h3", "/echo-threadpool"),
+        _ws("h3-loop", 'h3-fastapi def hook, sync_hooks="loop"', "h3", "/echo-loop"),
     ],
     cases=[Case("100 connections", {"connections": 100, "size": 32})],
     targets=[
@@ -175,11 +179,70 @@ ECHO = Workload(
             "starlette",
             0.95,
         ),
+        Target(
+            "echo, def hook in the threadpool >= 0.7x async def hook",
+            "100 connections",
+            "h3-threadpool",
+            "h3-fastapi",
+            0.7,
+        ),
     ],
     measure=_measure_echo,
     describe=(
         "100 clients each send a 32-byte text message and send the next one when the echo"
-        " arrives; round trips per second over the window."
+        " arrives; round trips per second over the window. h3-fastapi's hook is"
+        " `async def message(...): await peer.send(...)`; the two `def` lines send without"
+        " awaiting, from the threadpool (the default) or on the event loop"
+        ' (`sync_hooks="loop"`).'
+    ),
+)
+
+
+# --- 1b. Typed (validated) WebSocket echo --------------------------------------------
+
+
+ECHO_JSON = Workload(
+    key="echo-json",
+    title="Typed WebSocket echo, 100 connections ping-pong JSON",
+    unit="messages/s",
+    higher_is_better=True,
+    variants=[
+        _ws(
+            "h3-fastapi", "h3-fastapi typed hook (message: Small, send=Small)", "h3", "/echo-typed"
+        ),
+        _ws("h3-json", "h3-fastapi untyped (message.json(), send a dict)", "h3", "/echo-json"),
+        _ws(
+            "fastapi",
+            "FastAPI @app.websocket, model_validate_json by hand",
+            "fastapi",
+            "/echo-typed",
+        ),
+    ],
+    cases=[Case("100 connections", {"connections": 100, "size": 64, "payload": "json"})],
+    targets=[
+        Target(
+            "typed echo >= 0.87x untyped (at most 15% dearer)",
+            "100 connections",
+            "h3-fastapi",
+            "h3-json",
+            0.87,
+        ),
+        Target(
+            "typed echo >= 1.0x FastAPI validating by hand",
+            "100 connections",
+            "h3-fastapi",
+            "fastapi",
+            1.0,
+        ),
+    ],
+    measure=_measure_echo,
+    describe=(
+        'As echo, with a 64-byte JSON message `{"id": <connection>, "text": "eee..."}`; the'
+        " load generator checks every echo byte for byte. h3-fastapi validates it into a"
+        " Pydantic model `Small(id: int, text: str)` through a typed `message` hook and sends"
+        " the model back (`send=Small`); the untyped line parses it with `message.json()` and"
+        " sends the dict; FastAPI's endpoint calls `Small.model_validate_json` and"
+        " `send_text(model.model_dump_json())` by hand."
     ),
 )
 
@@ -271,6 +334,18 @@ SSE = Workload(
         Variant("sse-starlette", "sse-starlette", ServerSpec("python", SSE_APP), "/sse-starlette"),
         Variant("raw", "raw StreamingResponse", ServerSpec("python", SSE_APP), "/raw"),
         Variant(
+            "h3-typed",
+            "h3-fastapi @event_stream, AsyncIterator[Item]",
+            ServerSpec("python", SSE_APP),
+            "/h3-typed",
+        ),
+        Variant(
+            "fastapi-sse",
+            "FastAPI EventSourceResponse, AsyncIterable[Item]",
+            ServerSpec("python", SSE_APP),
+            "/fastapi-sse",
+        ),
+        Variant(
             "node-h3",
             "h3 v2 createEventStream (Node)",
             ServerSpec("node", "sse_server.mjs"),
@@ -289,12 +364,43 @@ SSE = Workload(
         ),
         Target("SSE (10) >= 1.0x raw StreamingResponse", "10 streams", "h3-fastapi", "raw", 1.0),
         Target("SSE (100) >= 1.0x raw StreamingResponse", "100 streams", "h3-fastapi", "raw", 1.0),
+        Target(
+            "SSE typed (10) >= 1.5x FastAPI EventSourceResponse",
+            "10 streams",
+            "h3-typed",
+            "fastapi-sse",
+            1.5,
+        ),
+        Target(
+            "SSE typed (100) >= 1.5x FastAPI EventSourceResponse",
+            "100 streams",
+            "h3-typed",
+            "fastapi-sse",
+            1.5,
+        ),
+        Target(
+            "SSE (10) >= 2x FastAPI EventSourceResponse",
+            "10 streams",
+            "h3-fastapi",
+            "fastapi-sse",
+            2.0,
+        ),
+        Target(
+            "SSE (100) >= 2x FastAPI EventSourceResponse",
+            "100 streams",
+            "h3-fastapi",
+            "fastapi-sse",
+            2.0,
+        ),
     ],
     measure=_measure_sse,
     describe=(
         "Every stream gets N events of a 64-byte payload, handed over one at a time"
         " (an `await` per event), then the response ends. Events per second from the first"
-        " request until every stream has ended."
+        " request until every stream has ended. The two typed lines yield a Pydantic model"
+        " `Item(text: str)` holding the payload, sent as its JSON (75 bytes): h3-fastapi"
+        " `@event_stream` annotated `AsyncIterator[Item]`, and FastAPI's native SSE"
+        " (`response_class=EventSourceResponse`, annotated `AsyncIterable[Item]`)."
     ),
 )
 
@@ -500,4 +606,6 @@ MEMORY = Workload(
     ),
 )
 
-WORKLOADS: dict[str, Workload] = {w.key: w for w in (ECHO, BROADCAST, SSE, PROXY, MEMORY)}
+WORKLOADS: dict[str, Workload] = {
+    w.key: w for w in (ECHO, ECHO_JSON, BROADCAST, SSE, PROXY, MEMORY)
+}

@@ -3,16 +3,23 @@
 ``GET /<impl>?n=N`` sends N events of the same 64-byte payload and ends the
 response. Each event is handed over one at a time (an ``await`` per event),
 the way an endpoint relaying live events works.
+
+Typed streams (issue 12) yield an ``Item`` model holding that payload, sent as
+its JSON (``{"text":"xx..."}``, 75 bytes): ``/h3-typed`` is ``@event_stream``
+annotated ``AsyncIterator[Item]``, ``/fastapi-sse`` FastAPI's native
+``EventSourceResponse`` as FastAPI documents it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.sse import EventSourceResponse
+from pydantic import BaseModel
 from starlette.responses import Response, StreamingResponse
 
 from h3_fastapi import create_event_stream, event_stream
@@ -21,6 +28,12 @@ PAYLOAD = os.environ.get("BENCH_SSE_PAYLOAD", "x" * 64)
 MAX_EVENTS = 10_000_000
 
 app = FastAPI()
+
+
+class Item(BaseModel):
+    """The item of the typed streams."""
+
+    text: str
 
 
 @app.get("/raw")
@@ -70,3 +83,18 @@ async def h3_push(request: Request, n: int = 1) -> Response:
     task = asyncio.create_task(produce())
     stream.on_closed(task.cancel)
     return stream
+
+
+@app.get("/h3-typed")
+@event_stream
+async def h3_typed(n: int = 1) -> AsyncIterator[Item]:
+    """h3-fastapi typed ``@event_stream``: each ``Item`` validated and sent as JSON."""
+    for _ in range(min(n, MAX_EVENTS)):
+        yield Item(text=PAYLOAD)
+
+
+@app.get("/fastapi-sse", response_class=EventSourceResponse)
+async def fastapi_sse(n: int = 1) -> AsyncIterable[Item]:
+    """FastAPI's native SSE: ``response_class=EventSourceResponse``, a generator of models."""
+    for _ in range(min(n, MAX_EVENTS)):
+        yield Item(text=PAYLOAD)

@@ -3,6 +3,15 @@
 ``/echo`` sends every text message back (idle connections for the memory
 workload use it too). ``/broadcast`` subscribes the connection; with
 ``?pub=1`` it relays what it receives to every subscriber instead.
+
+Where ``def`` hooks run (issue 13): ``/echo-threadpool`` is a ``def`` hook in the
+threadpool (the default), ``/echo-loop`` the same hook with ``sync_hooks="loop"``;
+``/echo`` is the ``async def`` hook.
+
+Typed messages (issue 12): ``/echo-typed`` validates every message into a small
+Pydantic model and sends the model back; ``/echo-json`` parses and sends the same
+JSON untyped (``message.json()``, a dict); FastAPI's ``/echo-typed`` writes the
+same validation by hand.
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ from __future__ import annotations
 import os
 
 from fastapi import FastAPI
+from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -33,6 +43,27 @@ class EchoSync:
         peer.send(message.text())
 
 
+class Small(BaseModel):
+    """The message of the typed echo: ``{"id": 1, "text": "..."}`` in and out."""
+
+    id: int
+    text: str
+
+
+class EchoTyped:
+    """A typed ``message`` hook: h3-fastapi validates the JSON into ``Small`` first."""
+
+    async def message(self, peer: Peer, message: Small) -> None:
+        await peer.send(message)
+
+
+class EchoJson:
+    """The same echo untyped: parse the JSON, send the dict back."""
+
+    async def message(self, peer: Peer, message: Message) -> None:
+        await peer.send(message.json())
+
+
 class Broadcast:
     """Subscribers join ``bench``; the publisher's messages go to all of them."""
 
@@ -46,7 +77,10 @@ class Broadcast:
 
 h3_router = H3Router()
 h3_router.ws("/echo", Echo)
-h3_router.ws("/echo-sync", EchoSync)
+h3_router.ws("/echo-threadpool", EchoSync)
+h3_router.ws("/echo-loop", EchoSync, sync_hooks="loop")
+h3_router.ws("/echo-typed", EchoTyped, send=Small)
+h3_router.ws("/echo-json", EchoJson)
 h3_router.ws("/broadcast", Broadcast)
 
 h3 = FastAPI()
@@ -128,5 +162,17 @@ async def fastapi_echo(websocket: WebSocket) -> None:
     try:
         while True:
             await websocket.send_text(await websocket.receive_text())
+    except WebSocketDisconnect:
+        pass
+
+
+@fastapi.websocket("/echo-typed")
+async def fastapi_echo_typed(websocket: WebSocket) -> None:
+    """The typed echo written by hand: validate each message, send the model's JSON."""
+    await websocket.accept()
+    try:
+        while True:
+            message = Small.model_validate_json(await websocket.receive_text())
+            await websocket.send_text(message.model_dump_json())
     except WebSocketDisconnect:
         pass
