@@ -13,7 +13,12 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from h3_fastapi import define_websocket_handler
 
-h3_echo = define_websocket_handler(message=lambda peer, message: peer.send(message.data))
+# On the loop, like the Starlette echo below: a ``def`` hook in the threadpool (the
+# default) echoes a frame after uvicorn has already failed the connection for the
+# next, invalid one (cases 4.1.5, 4.2.5: NON-STRICT instead of OK).
+h3_echo = define_websocket_handler(
+    message=lambda peer, message: peer.send(message.data), sync_hooks="loop"
+)
 
 
 async def starlette_echo(websocket: WebSocket) -> None:
