@@ -13,6 +13,7 @@ import contextlib
 import functools
 import inspect
 import typing
+import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -57,9 +58,7 @@ def _add_websocket(
     if handler.pubsub is None and pubsub is not None:
         handler.pubsub = pubsub
     router.add_api_websocket_route(path, handler, name=name, dependencies=dependencies)
-    pattern = getattr(router, "prefix", "") + path
-    if pattern not in handler._patterns:
-        handler._patterns.append(pattern)
+    handler.add_pattern(getattr(router, "prefix", "") + path)
 
     async def upgrade_required(request: Request) -> Response:
         return await handler.http_response(request)
@@ -71,7 +70,7 @@ def _add_websocket(
         include_in_schema=False,
         name=f"{name}_http" if name else None,
     )
-    _handlers(router).append(handler)
+    _register(router, handler)
 
 
 def _is_event_stream(endpoint: Callable[..., Any], response_class: Any) -> bool:
@@ -158,12 +157,23 @@ def ws_max_size(app: Any) -> int | None:
     return max(size for size in sizes if size is not None)
 
 
+# The WebSocket handlers registered on each router, by ``id`` (a Starlette router
+# compares by its routes, so it is no dict key), for ``_close_on_shutdown`` and
+# ``ws_max_size``. Kept here rather than on the router; an entry goes with its router.
+_registered: dict[int, list[WebSocketHandler]] = {}
+
+
 def _handlers(router: Any) -> list[WebSocketHandler]:
-    handlers: list[WebSocketHandler] | None = getattr(router, "_h3_handlers", None)
+    """The handlers registered on ``router`` through ``_add_websocket`` (a copy)."""
+    return list(_registered.get(id(router), ()))
+
+
+def _register(router: APIRouter, handler: WebSocketHandler) -> None:
+    handlers = _registered.get(id(router))
     if handlers is None:
-        handlers = []
-        router._h3_handlers = handlers
-    return handlers
+        handlers = _registered[id(router)] = []
+        weakref.finalize(router, _registered.pop, id(router), None)
+    handlers.append(handler)
 
 
 @contextlib.asynccontextmanager

@@ -308,9 +308,16 @@ class WebSocketHandler:
         route = scope.get("route")
         fmt = getattr(route, "path_format", None)
         if fmt:
-            pattern = scope.get("root_path", "").rstrip("/") + fmt
-            if pattern not in self._patterns:
-                self._patterns.append(pattern)
+            self.add_pattern(scope.get("root_path", "").rstrip("/") + fmt)
+
+    def add_pattern(self, pattern: str) -> None:
+        """Record a route path pattern this handler is served at, for ``namespace_for``.
+
+        The routers call it with the path as registered (their prefix included);
+        the handler adds the full one (app prefixes, mounts) when a route is reached.
+        """
+        if pattern not in self._patterns:
+            self._patterns.append(pattern)
 
     def close_all(self, code: int = 1001, reason: str = "") -> Awaitable[None]:
         """Close every open peer of this handler (crossws ``ws.close()``).
