@@ -15,7 +15,7 @@ import inspect
 import typing
 import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import uvicorn
 from fastapi import APIRouter, FastAPI, params
@@ -284,6 +284,26 @@ def _h3_endpoint(handler: Callable[..., Any]) -> Callable[..., Any]:
     return endpoint
 
 
+class _RouteMethod(Protocol):
+    """How ``app.get`` and its siblings are called (on an ``H3``, ``self`` bound)."""
+
+    def __call__(self, path: str, handler: Any = None, **kwargs: Any) -> Any: ...
+
+
+def _h3_method(method: str) -> _RouteMethod:
+    """``H3.get`` and its siblings: FastAPI's decorator, or h3's ``app.get(path, handler)``."""
+    name = method.lower()
+
+    def route(self: H3, path: str, handler: Any = None, **kwargs: Any) -> Any:
+        if handler is None:
+            return getattr(super(H3, self), name)(path, **kwargs)
+        return self._route([method], path, handler, kwargs)
+
+    route.__name__, route.__qualname__ = name, f"H3.{name}"
+    route.__doc__ = f"``@app.{name}(path)`` (FastAPI) or ``app.{name}(path, handler)`` (h3)."
+    return typing.cast(_RouteMethod, route)  # a method: ``self`` is bound on access
+
+
 class H3(FastAPI):
     """A FastAPI app that also takes h3's call style.
 
@@ -321,35 +341,11 @@ class H3(FastAPI):
         self.add_api_route(path, endpoint, methods=methods, **kwargs)
         return handler
 
-    def get(self, path: str, handler: Any = None, **kwargs: Any) -> Any:
-        """``@app.get(path)`` (FastAPI) or ``app.get(path, handler)`` (h3)."""
-        if handler is None:
-            return super().get(path, **kwargs)
-        return self._route(["GET"], path, handler, kwargs)
-
-    def post(self, path: str, handler: Any = None, **kwargs: Any) -> Any:
-        """``@app.post(path)`` (FastAPI) or ``app.post(path, handler)`` (h3)."""
-        if handler is None:
-            return super().post(path, **kwargs)
-        return self._route(["POST"], path, handler, kwargs)
-
-    def put(self, path: str, handler: Any = None, **kwargs: Any) -> Any:
-        """``@app.put(path)`` (FastAPI) or ``app.put(path, handler)`` (h3)."""
-        if handler is None:
-            return super().put(path, **kwargs)
-        return self._route(["PUT"], path, handler, kwargs)
-
-    def patch(self, path: str, handler: Any = None, **kwargs: Any) -> Any:
-        """``@app.patch(path)`` (FastAPI) or ``app.patch(path, handler)`` (h3)."""
-        if handler is None:
-            return super().patch(path, **kwargs)
-        return self._route(["PATCH"], path, handler, kwargs)
-
-    def delete(self, path: str, handler: Any = None, **kwargs: Any) -> Any:
-        """``@app.delete(path)`` (FastAPI) or ``app.delete(path, handler)`` (h3)."""
-        if handler is None:
-            return super().delete(path, **kwargs)
-        return self._route(["DELETE"], path, handler, kwargs)
+    get = _h3_method("GET")
+    post = _h3_method("POST")
+    put = _h3_method("PUT")
+    patch = _h3_method("PATCH")
+    delete = _h3_method("DELETE")
 
     def all(self, path: str, handler: Any = None, **kwargs: Any) -> Any:
         """Every HTTP method on ``path`` (h3's ``app.all``); decorator without a handler."""
