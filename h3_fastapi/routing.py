@@ -256,17 +256,15 @@ class H3Router(_HeadForGet, APIRouter):
 def _is_h3_style(handler: Callable[..., Any]) -> bool:
     """``handler(event)`` or ``handler()`` with no FastAPI annotations."""
     try:
-        sig = inspect.signature(handler)
+        params = inspect.signature(handler).parameters.values()
     except (TypeError, ValueError):
         return False
-    positional = [
-        p
-        for p in sig.parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
-    ]
-    if len(positional) != len(sig.parameters) or len(positional) > 1:
-        return False
-    return all(p.annotation is p.empty for p in positional)
+    return len(params) <= 1 and all(
+        p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        and p.default is p.empty
+        and p.annotation is p.empty
+        for p in params
+    )
 
 
 def _h3_endpoint(handler: Callable[..., Any]) -> Callable[..., Any]:
