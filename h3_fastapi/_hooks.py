@@ -84,19 +84,23 @@ async def run_callback(func: Callable[..., Any], *args: Any, what: str) -> None:
         logger.exception("h3_fastapi: %s raised", what)
 
 
+def _chosen_hook(source: Any, overrides: Mapping[str, Hook | None], name: str) -> Hook | None:
+    """Hook ``name`` of ``source`` (a mapping or an object), unless ``overrides`` names one."""
+    hook = overrides.get(name)
+    if hook is None:
+        if isinstance(source, Mapping):
+            hook = source.get(name)
+        elif source is not None:
+            hook = getattr(source, name, None)
+    if hook is not None and not callable(hook):
+        raise TypeError(f"WebSocket hook {name!r} must be callable, got {hook!r}")
+    return hook
+
+
 class Hooks:
     """The resolved hooks of one connection (``None`` where not given), and how to call them."""
 
     __slots__ = (*HOOK_NAMES, "threaded")
-
-    upgrade: Hook | None
-    open: Hook | None
-    message: Hook | None
-    close: Hook | None
-    error: Hook | None
-    drain: Hook | None
-    # Names of the given hooks that are plain ``def`` and run in the threadpool.
-    threaded: frozenset[str]
 
     def __init__(
         self,
@@ -104,23 +108,20 @@ class Hooks:
         overrides: Mapping[str, Hook | None],
         sync_hooks: SyncHooks = "threadpool",
     ) -> None:
-        threaded: set[str] = set()
-        for name in HOOK_NAMES:
-            if isinstance(source, Mapping):
-                hook = source.get(name)
-            else:
-                hook = getattr(source, name, None) if source is not None else None
-            override = overrides.get(name)
-            if override is not None:
-                hook = override
-            if hook is not None and not callable(hook):
-                raise TypeError(f"WebSocket hook {name!r} must be callable, got {hook!r}")
-            if name == "message":  # a typed hook validates first (_typing.py)
-                hook = typed_message_hook(hook)
-            if hook is not None and sync_hooks == "threadpool" and not is_async_callable(hook):
-                threaded.add(name)
-            setattr(self, name, hook)
-        self.threaded = frozenset(threaded)
+        hooks = {name: _chosen_hook(source, overrides, name) for name in HOOK_NAMES}
+        hooks["message"] = typed_message_hook(hooks["message"])  # validates first (_typing.py)
+        self.upgrade: Hook | None = hooks["upgrade"]
+        self.open: Hook | None = hooks["open"]
+        self.message: Hook | None = hooks["message"]
+        self.close: Hook | None = hooks["close"]
+        self.error: Hook | None = hooks["error"]
+        self.drain: Hook | None = hooks["drain"]
+        # Names of the given hooks that are plain ``def`` and run in the threadpool.
+        self.threaded = frozenset(
+            name
+            for name, hook in hooks.items()
+            if hook is not None and sync_hooks == "threadpool" and not is_async_callable(hook)
+        )
 
     def caller(self, name: str) -> Callable[..., Any]:
         """How to run hook ``name``: ``call_in_thread`` or ``call_maybe_async``."""

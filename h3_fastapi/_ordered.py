@@ -124,13 +124,13 @@ class OrderedPublisher:
         self.retry_at = 0.0
         self.delay = low
         what = f"{owner.name} publisher"
-        self.task = spawn(supervise(what, self._run, owner.report), what=what)
+        self.task = spawn(supervise(what, self._run, owner.outages.report), what=what)
 
     def enqueue(self, item: Item) -> None:
         owner = self.owner
         if len(self.queue) >= owner.max_pending:
             overflow = OverflowError(f"more than {owner.max_pending} publishes wait")
-            owner.outage("publish", overflow)
+            owner.outages.failed("publish", overflow)
             item.give_up(owner)
             return
         self.queue.append(item)
@@ -167,7 +167,7 @@ class OrderedPublisher:
                 raise
             except Exception as exc:
                 logger.error("h3_fastapi: %s publisher failed", self.owner.name, exc_info=exc)
-                self.owner.report(exc)
+                self.owner.outages.report(exc)
                 self._give_up(batch)
 
     async def _send(self, batch: list[Item]) -> None:
@@ -205,7 +205,7 @@ class OrderedPublisher:
         except Exception as exc:
             self.retry_at = asyncio.get_running_loop().time() + self.delay
             self.delay = min(self.delay * 2, owner.reconnect_backoff[1])
-            owner.outage("publish", exc)
+            owner.outages.failed("publish", exc)
             self._give_up(list(publishes))
             return False
         self.delay = owner.reconnect_backoff[0]
@@ -221,9 +221,9 @@ class OrderedPublisher:
         if ops.on:
             ops.published(owner, publishes)
         if failure is not None:
-            owner.outage("publish", failure)
+            owner.outages.failed("publish", failure)
         else:
-            owner.recovered("publish")
+            owner.outages.ended("publish")
         return True
 
     async def _read(self, item: HistoryRead) -> None:
@@ -231,7 +231,7 @@ class OrderedPublisher:
         try:
             entries = await owner.backplane.read_history(item.topic, item.after)
         except Exception as exc:
-            owner.outage("publish", exc)
+            owner.outages.failed("publish", exc)
             entries = []
         found = []
         for event_id, raw in entries:

@@ -20,14 +20,15 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TypedDict
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
+from typing_extensions import Unpack
 
 from ._decoding import bounded_decode, decodable
 from ._guard import Guard, make_guard
@@ -267,12 +268,30 @@ class ProxyOptions:
 _REQUEST_KEYS = ("content", "json", "data", "files", "params", "extensions", "timeout")
 
 
-_OPTION_NAMES = frozenset(f.name for f in fields(ProxyOptions) if f.init)
+class _ProxyKeywords(TypedDict, total=False):
+    """The keyword options of ``proxy`` and ``proxy_request``: ``ProxyOptions``'s fields.
+
+    Written once here so both signatures stay the same and type-checked; the
+    defaults and their meaning are those of ``ProxyOptions``.
+    """
+
+    headers: HeaderInput | None
+    fetch_options: Mapping[str, Any] | None
+    cookie_domain_rewrite: str | Mapping[str, str] | None
+    cookie_path_rewrite: str | Mapping[str, str] | None
+    location_rewrite: bool | Mapping[str, str]
+    on_response: Callable[..., Any] | None
+    timeout: float | None
+    propagate_abort_error: bool
+    client: httpx.AsyncClient | None
+    allow_hosts: Iterable[str] | str | None
+    deny_private: bool
+    public_origin: str | None
 
 
-def _options_from(arguments: Mapping[str, Any]) -> ProxyOptions:
-    """The ``ProxyOptions`` among a public function's keyword arguments."""
-    chosen = {k: v for k, v in arguments.items() if k in _OPTION_NAMES}
+def _options_from(keywords: _ProxyKeywords) -> ProxyOptions:
+    """The ``ProxyOptions`` of a public function's keyword arguments (unknown ones: TypeError)."""
+    chosen: dict[str, Any] = dict(keywords)
     chosen["fetch_options"] = dict(chosen.get("fetch_options") or {})
     return ProxyOptions(**chosen)
 
@@ -454,23 +473,7 @@ def _client_gone(propagate: bool) -> Response:
 # --- public API ------------------------------------------------------------------------
 
 
-async def proxy(
-    request: Request,
-    target: str,
-    *,
-    headers: HeaderInput | None = None,
-    fetch_options: Mapping[str, Any] | None = None,
-    cookie_domain_rewrite: str | Mapping[str, str] | None = None,
-    cookie_path_rewrite: str | Mapping[str, str] | None = None,
-    location_rewrite: bool | Mapping[str, str] = True,
-    on_response: Callable[..., Any] | None = None,
-    timeout: float | None = None,
-    propagate_abort_error: bool = False,
-    client: httpx.AsyncClient | None = None,
-    allow_hosts: Iterable[str] | str | None = None,
-    deny_private: bool = False,
-    public_origin: str | None = None,
-) -> Response:
+async def proxy(request: Request, target: str, **keywords: Unpack[_ProxyKeywords]) -> Response:
     """Send a request to ``target`` and return its response, streaming the body.
 
     Unlike ``proxy_request`` nothing of the incoming request is forwarded but
@@ -489,8 +492,8 @@ async def proxy(
     cancelled at once (``propagate_abort_error=True`` raises
     ``ClientDisconnect`` instead of returning an undeliverable 499).
     """
-    options = _options_from(locals())
-    merged = merge_headers({}, options.fetch_options.get("headers"), headers)
+    options = _options_from(keywords)
+    merged = merge_headers({}, options.fetch_options.get("headers"), options.headers)
     if options.has_body:
         merged.pop("content-length", None)
     watch = _ClientWatch(request)
@@ -519,18 +522,7 @@ async def proxy_request(
     forward_headers: Iterable[str] | None = None,
     filter_headers: Iterable[str] | None = None,
     xfwd: bool = False,
-    headers: HeaderInput | None = None,
-    fetch_options: Mapping[str, Any] | None = None,
-    cookie_domain_rewrite: str | Mapping[str, str] | None = None,
-    cookie_path_rewrite: str | Mapping[str, str] | None = None,
-    location_rewrite: bool | Mapping[str, str] = True,
-    on_response: Callable[..., Any] | None = None,
-    timeout: float | None = None,
-    propagate_abort_error: bool = False,
-    client: httpx.AsyncClient | None = None,
-    allow_hosts: Iterable[str] | str | None = None,
-    deny_private: bool = False,
-    public_origin: str | None = None,
+    **keywords: Unpack[_ProxyKeywords],
 ) -> Response:
     """Forward the incoming request (method, filtered headers, streamed body) to ``target``.
 
@@ -544,7 +536,7 @@ async def proxy_request(
     them for upstreams you do not trust. Other options as in ``proxy``
     (see ``ProxyOptions``).
     """
-    options = _options_from(locals())
+    options = _options_from(keywords)
     method = options.method(request.method)
     forwarded = get_proxy_request_headers(
         request,
@@ -554,7 +546,7 @@ async def proxy_request(
     )
     if xfwd:
         forwarded = x_forwarded(forwarded, request)
-    merged = merge_headers(forwarded, options.fetch_options.get("headers"), headers)
+    merged = merge_headers(forwarded, options.fetch_options.get("headers"), options.headers)
     watch = _ClientWatch(request)
     kwargs = options.request_kwargs()
     has_body = _has_body(request)

@@ -394,49 +394,37 @@ def create_websocket_proxy(
     """Hooks that relay each WebSocket client to its own connection to ``target``.
 
     Use with ``define_websocket_handler(create_websocket_proxy(url))`` or
-    ``H3Router.ws(path, create_websocket_proxy(url))``. Text and binary messages
-    go both ways; a close code and reason from either side reach the other.
-    Needs the ``websockets`` package. Options as crossws's ``createWebSocketProxy``:
+    ``H3Router.ws(path, create_websocket_proxy(url))``. Text and binary messages,
+    close codes and reasons go both ways. Options as crossws's ``createWebSocketProxy``:
 
     - ``target``: a ``ws://``/``wss://`` URL, or a function of the ``Peer``
       (sync or async) returning one.
-    - ``forward_protocol``: which subprotocols are offered upstream. ``True``
-      (default) the client's, in its order; ``False`` none (and none is accepted
-      from the client); a string or list: those, whatever the client asked; a
-      mapping: the client's with each key replaced by its value; a function of
-      the ``Peer`` (sync or async) returning a string, a list or ``None``.
-      The client is always answered with one of its own offers: when nothing
-      depends on the peer, the one standing for the upstream's choice (none if
-      the upstream chose none); otherwise, as crossws, its first offer.
-    - ``headers``: extra upstream handshake headers (a ``None`` value removes
-      one), or a function of the ``Peer`` returning them. They overlay the
-      client's filtered headers (cookies, authorization), forwarded as in
-      ``proxy_request`` with ``forward_headers``, ``filter_headers``, ``xfwd``.
+    - ``forward_protocol``: the subprotocols offered upstream. ``True`` (default)
+      the client's, in its order; ``False`` none (none accepted from the client
+      either); a string or list: those; a mapping: the client's, each key replaced
+      by its value; a function of the ``Peer`` (sync or async) returning a string,
+      a list or ``None``. The client always gets one of its own offers: the one
+      standing for the upstream's choice when nothing depends on the peer (none
+      if the upstream chose none), else (as crossws) its first.
+    - ``headers``: extra upstream handshake headers (a ``None`` value removes one)
+      or a function of the ``Peer`` returning them, over the client's filtered
+      headers (cookies, authorization), forwarded as by ``proxy_request`` with
+      ``forward_headers``, ``filter_headers``, ``xfwd``.
     - ``max_buffer_size``: bytes a client may send before the upstream is open
-      (1 MiB); past it the client is closed ``1009``. ``0`` or ``None``: no limit.
+      (1 MiB); past it the client is closed ``1009``. ``0``/``None``: no limit.
     - ``connect_timeout``: seconds for the target function plus the upstream
       handshake (10); past it the client is closed ``1011`` "Upstream connect
-      timeout". ``0`` or ``None``: no timeout. An unreachable or refusing
-      upstream closes the client ``1011`` "Upstream unavailable".
+      timeout". ``0``/``None``: no timeout. An unreachable or refusing upstream
+      closes the client ``1011`` "Upstream unavailable".
 
     ``allow_hosts``/``deny_private`` guard the upstream address as in ``proxy``;
     ``max_message_size`` bounds one upstream message; other keywords go to
-    ``websockets.connect``. ``protocols``, ``buffer_limit`` and ``open_timeout``
-    are the older names of ``forward_protocol`` (a fixed list),
-    ``max_buffer_size`` and ``connect_timeout``.
+    ``websockets.connect``. ``protocols``, ``buffer_limit``, ``open_timeout``: older
+    names of ``forward_protocol`` (a fixed list), ``max_buffer_size``, ``connect_timeout``.
     """
-    if protocols is not None:
-        if forward_protocol is not True:
-            raise TypeError("pass forward_protocol or its older name protocols, not both")
-        forward_protocol = list(protocols)
-    if buffer_limit is not None:
-        if max_buffer_size != DEFAULT_MAX_BUFFER_SIZE:
-            raise TypeError("pass max_buffer_size or its older name buffer_limit, not both")
-        max_buffer_size = buffer_limit
-    if open_timeout is not None:
-        if connect_timeout != DEFAULT_CONNECT_TIMEOUT:
-            raise TypeError("pass connect_timeout or its older name open_timeout, not both")
-        connect_timeout = open_timeout
+    forward_protocol, max_buffer_size, connect_timeout = _older_names(
+        forward_protocol, max_buffer_size, connect_timeout, protocols, buffer_limit, open_timeout
+    )
     proxy_hooks = _WebSocketProxy(
         target,
         forward_protocol=forward_protocol,
@@ -451,3 +439,27 @@ def create_websocket_proxy(
         connect_options=connect_options,
     )
     return proxy_hooks.hooks()
+
+
+def _older_names(
+    forward_protocol: ForwardProtocol,
+    max_buffer_size: int | None,
+    connect_timeout: float | None,
+    protocols: Iterable[str] | None,
+    buffer_limit: int | None,
+    open_timeout: float | None,
+) -> tuple[ForwardProtocol, int | None, float | None]:
+    """The three options, taking what their older names gave (never both names)."""
+    if protocols is not None:
+        if forward_protocol is not True:
+            raise TypeError("pass forward_protocol or its older name protocols, not both")
+        forward_protocol = list(protocols)
+    if buffer_limit is not None:
+        if max_buffer_size != DEFAULT_MAX_BUFFER_SIZE:
+            raise TypeError("pass max_buffer_size or its older name buffer_limit, not both")
+        max_buffer_size = buffer_limit
+    if open_timeout is not None:
+        if connect_timeout != DEFAULT_CONNECT_TIMEOUT:
+            raise TypeError("pass connect_timeout or its older name open_timeout, not both")
+        connect_timeout = open_timeout
+    return forward_protocol, max_buffer_size, connect_timeout

@@ -39,10 +39,11 @@ from typing import Any
 
 from . import _envelope
 from ._catch_up import CatchUps
-from ._compat import resolve, spawn, worker_thread_loop
+from ._compat import resolve, worker_thread_loop
 from ._hooks import logger
 from ._ops import ops
 from ._ordered import OrderedPublisher, Publish
+from ._outages import Outages
 from .pubsub import DONE, Backplane, MemoryPubSub, Outgoing, Subscriber
 
 __all__ = ["BackplanePubSub"]
@@ -74,6 +75,8 @@ class BackplanePubSub:
     ) -> None:
         self.backplane = backplane
         self.local = MemoryPubSub()
+        #: Hand an ``Outgoing`` to this process's subscribers of a topic (no backplane).
+        self.deliver_local = self.local.deliver_local
         self.on_error = on_error
         self.reconnect_backoff = reconnect_backoff
         self.command_timeout = command_timeout
@@ -97,7 +100,7 @@ class BackplanePubSub:
         self._publisher: OrderedPublisher | None = None
         self._connected = False
         self._down = False
-        self._failing: set[str] = set()
+        self.outages = Outages(self)
         self._confirmed: set[str] = set()
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
 
@@ -289,8 +292,8 @@ class BackplanePubSub:
             # Back: let the publisher try at once.
             if self._publisher is not None:
                 self._publisher.retry_now()
-            self.recovered("publish")
-        self.recovered("subscribe")
+            self.outages.ended("publish")
+        self.outages.ended("subscribe")
 
     def connection_lost(self, error: Exception) -> None:
         self._connected = False
@@ -298,65 +301,13 @@ class BackplanePubSub:
             ops.backplane_down(self)
         self._confirmed.clear()
         self._down = True
-        self.outage("subscribe", error)
+        self.outages.failed("subscribe", error)
 
     def malformed(self, where: str, exc: Exception) -> None:
         """Data on the backplane that is not an envelope: one warning, then debug lines."""
         self._bad_messages += 1
         log = logger.warning if self._bad_messages == 1 else logger.debug
         log("h3_fastapi: ignored data on %r that is not an h3 envelope (%s)", where, exc)
-
-    def deliver_local(
-        self,
-        topic: str,
-        outgoing: Outgoing,
-        namespace: str | None = None,
-        exclude: Subscriber | None = None,
-    ) -> None:
-        """Hand ``outgoing`` to this process's subscribers of ``topic``."""
-        self.local.deliver_local(topic, outgoing, namespace, exclude)
-
-    # --- outages ----------------------------------------------------------------
-
-    def outage(self, stage: str, exc: Exception) -> None:
-        """A backplane failure: log and report it once per outage, not per message."""
-        first = not self._failing
-        self._failing.add(stage)
-        if not first:
-            logger.debug("h3_fastapi: %s %s still failing: %r", self.name, stage, exc)
-            return
-        logger.error(
-            "h3_fastapi: %s unreachable (%s: %s: %s); publishes reach only "
-            "this process until it is back",
-            self.name,
-            stage,
-            type(exc).__name__,
-            exc,
-        )
-        self.report(exc)
-
-    def recovered(self, stage: str) -> None:
-        if stage not in self._failing:
-            return
-        self._failing.discard(stage)
-        if not self._failing:
-            logger.warning(
-                "h3_fastapi: %s is back; %d topics subscribed again",
-                self.name,
-                len(self.local.topics),
-            )
-
-    def report(self, exc: Exception) -> None:
-        """Give ``exc`` to ``on_error`` (sync or async); its own failures are logged."""
-        callback = self.on_error
-        if callback is None:
-            return
-        try:
-            result = callback(exc)
-            if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
-                spawn(result, what=f"{type(self).__name__} on_error callback")
-        except Exception:
-            logger.exception("h3_fastapi: %s on_error callback raised", type(self).__name__)
 
     # --- loop binding -----------------------------------------------------------
 

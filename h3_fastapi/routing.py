@@ -13,8 +13,9 @@ import contextlib
 import functools
 import inspect
 import typing
+import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import uvicorn
 from fastapi import APIRouter, FastAPI, params
@@ -57,9 +58,7 @@ def _add_websocket(
     if handler.pubsub is None and pubsub is not None:
         handler.pubsub = pubsub
     router.add_api_websocket_route(path, handler, name=name, dependencies=dependencies)
-    pattern = getattr(router, "prefix", "") + path
-    if pattern not in handler._patterns:
-        handler._patterns.append(pattern)
+    handler.add_pattern(getattr(router, "prefix", "") + path)
 
     async def upgrade_required(request: Request) -> Response:
         return await handler.http_response(request)
@@ -71,7 +70,7 @@ def _add_websocket(
         include_in_schema=False,
         name=f"{name}_http" if name else None,
     )
-    _handlers(router).append(handler)
+    _register(router, handler)
 
 
 def _is_event_stream(endpoint: Callable[..., Any], response_class: Any) -> bool:
@@ -158,12 +157,23 @@ def ws_max_size(app: Any) -> int | None:
     return max(size for size in sizes if size is not None)
 
 
+# The WebSocket handlers registered on each router, by ``id`` (a Starlette router
+# compares by its routes, so it is no dict key), for ``_close_on_shutdown`` and
+# ``ws_max_size``. Kept here rather than on the router; an entry goes with its router.
+_registered: dict[int, list[WebSocketHandler]] = {}
+
+
 def _handlers(router: Any) -> list[WebSocketHandler]:
-    handlers: list[WebSocketHandler] | None = getattr(router, "_h3_handlers", None)
+    """The handlers registered on ``router`` through ``_add_websocket`` (a copy)."""
+    return list(_registered.get(id(router), ()))
+
+
+def _register(router: APIRouter, handler: WebSocketHandler) -> None:
+    handlers = _registered.get(id(router))
     if handlers is None:
-        handlers = []
-        router._h3_handlers = handlers
-    return handlers
+        handlers = _registered[id(router)] = []
+        weakref.finalize(router, _registered.pop, id(router), None)
+    handlers.append(handler)
 
 
 @contextlib.asynccontextmanager
@@ -246,17 +256,15 @@ class H3Router(_HeadForGet, APIRouter):
 def _is_h3_style(handler: Callable[..., Any]) -> bool:
     """``handler(event)`` or ``handler()`` with no FastAPI annotations."""
     try:
-        sig = inspect.signature(handler)
+        params = inspect.signature(handler).parameters.values()
     except (TypeError, ValueError):
         return False
-    positional = [
-        p
-        for p in sig.parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
-    ]
-    if len(positional) != len(sig.parameters) or len(positional) > 1:
-        return False
-    return all(p.annotation is p.empty for p in positional)
+    return len(params) <= 1 and all(
+        p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        and p.default is p.empty
+        and p.annotation is p.empty
+        for p in params
+    )
 
 
 def _h3_endpoint(handler: Callable[..., Any]) -> Callable[..., Any]:
@@ -272,6 +280,26 @@ def _h3_endpoint(handler: Callable[..., Any]) -> Callable[..., Any]:
         [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request)]
     )
     return endpoint
+
+
+class _RouteMethod(Protocol):
+    """How ``app.get`` and its siblings are called (on an ``H3``, ``self`` bound)."""
+
+    def __call__(self, path: str, handler: Any = None, **kwargs: Any) -> Any: ...
+
+
+def _h3_method(method: str) -> _RouteMethod:
+    """``H3.get`` and its siblings: FastAPI's decorator, or h3's ``app.get(path, handler)``."""
+    name = method.lower()
+
+    def route(self: H3, path: str, handler: Any = None, **kwargs: Any) -> Any:
+        if handler is None:
+            return getattr(super(H3, self), name)(path, **kwargs)
+        return self._route([method], path, handler, kwargs)
+
+    route.__name__, route.__qualname__ = name, f"H3.{name}"
+    route.__doc__ = f"``@app.{name}(path)`` (FastAPI) or ``app.{name}(path, handler)`` (h3)."
+    return typing.cast(_RouteMethod, route)  # a method: ``self`` is bound on access
 
 
 class H3(FastAPI):
@@ -311,35 +339,11 @@ class H3(FastAPI):
         self.add_api_route(path, endpoint, methods=methods, **kwargs)
         return handler
 
-    def get(self, path: str, handler: Any = None, **kwargs: Any) -> Any:
-        """``@app.get(path)`` (FastAPI) or ``app.get(path, handler)`` (h3)."""
-        if handler is None:
-            return super().get(path, **kwargs)
-        return self._route(["GET"], path, handler, kwargs)
-
-    def post(self, path: str, handler: Any = None, **kwargs: Any) -> Any:
-        """``@app.post(path)`` (FastAPI) or ``app.post(path, handler)`` (h3)."""
-        if handler is None:
-            return super().post(path, **kwargs)
-        return self._route(["POST"], path, handler, kwargs)
-
-    def put(self, path: str, handler: Any = None, **kwargs: Any) -> Any:
-        """``@app.put(path)`` (FastAPI) or ``app.put(path, handler)`` (h3)."""
-        if handler is None:
-            return super().put(path, **kwargs)
-        return self._route(["PUT"], path, handler, kwargs)
-
-    def patch(self, path: str, handler: Any = None, **kwargs: Any) -> Any:
-        """``@app.patch(path)`` (FastAPI) or ``app.patch(path, handler)`` (h3)."""
-        if handler is None:
-            return super().patch(path, **kwargs)
-        return self._route(["PATCH"], path, handler, kwargs)
-
-    def delete(self, path: str, handler: Any = None, **kwargs: Any) -> Any:
-        """``@app.delete(path)`` (FastAPI) or ``app.delete(path, handler)`` (h3)."""
-        if handler is None:
-            return super().delete(path, **kwargs)
-        return self._route(["DELETE"], path, handler, kwargs)
+    get = _h3_method("GET")
+    post = _h3_method("POST")
+    put = _h3_method("PUT")
+    patch = _h3_method("PATCH")
+    delete = _h3_method("DELETE")
 
     def all(self, path: str, handler: Any = None, **kwargs: Any) -> Any:
         """Every HTTP method on ``path`` (h3's ``app.all``); decorator without a handler."""

@@ -208,15 +208,8 @@ class WebSocketHandler:
         # only) and the type the ``message`` hook takes (``Message`` when untyped).
         self.send_type: Any = options.get("send")
         self.message_type: Any = hooks_message_type(hooks, options.get("message"))
-        overrides: dict[str, Hook | None] = {
-            "upgrade": options.get("upgrade"),
-            "open": options.get("open"),
-            "message": options.get("message"),
-            "close": options.get("close"),
-            "error": options.get("error"),
-            "drain": options.get("drain"),
-        }
-        self._set_hooks(hooks, overrides, options)
+        given: Mapping[str, Any] = options
+        self._set_hooks(hooks, {name: given.get(name) for name in HOOK_NAMES}, options)
         self.get_namespace = options.get("get_namespace")
         self.http = options.get("http") or http
         self.pubsub = options.get("pubsub")
@@ -308,9 +301,16 @@ class WebSocketHandler:
         route = scope.get("route")
         fmt = getattr(route, "path_format", None)
         if fmt:
-            pattern = scope.get("root_path", "").rstrip("/") + fmt
-            if pattern not in self._patterns:
-                self._patterns.append(pattern)
+            self.add_pattern(scope.get("root_path", "").rstrip("/") + fmt)
+
+    def add_pattern(self, pattern: str) -> None:
+        """Record a route path pattern this handler is served at, for ``namespace_for``.
+
+        The routers call it with the path as registered (their prefix included);
+        the handler adds the full one (app prefixes, mounts) when a route is reached.
+        """
+        if pattern not in self._patterns:
+            self._patterns.append(pattern)
 
     def close_all(self, code: int = 1001, reason: str = "") -> Awaitable[None]:
         """Close every open peer of this handler (crossws ``ws.close()``).
@@ -386,25 +386,56 @@ class WebSocketHandler:
         if event["type"] != "websocket.connect":
             return
         request = _upgrade_request(scope)
-        if not self._origin_allowed(request):
-            if ops.on:
-                ops.rejected(scope, "origin")
-            await deny(scope, send, PlainTextResponse("Origin not allowed", status_code=403))
-            return
-        too_many = self.rate_limit.admit(request) if self.rate_limit is not None else None
-        if too_many is not None:  # limits.py: connections per client address
-            if ops.on:
-                ops.rejected(scope, "rate")
-            await deny(scope, send, too_many)
-            return
-        # The slot is taken before any await, so concurrent upgrades cannot overshoot.
-        if not self._peers.reserve(self.max_peers):
-            if ops.on:
-                ops.rejected(scope, "limit")
-            await deny(scope, send, PlainTextResponse("Too many connections", status_code=503))
+        refusal = self._refusal(scope, request)
+        if refusal is not None:
+            await deny(scope, send, refusal)
             return
         if "route" in scope:
             self._learn_pattern(scope)
+        connection, websocket = await self._connect(scope, request, receive, send, websocket)
+        if connection is None:
+            return
+        try:
+            watch = connection.watch
+            await (connection.run() if watch is None else watch.run(connection))
+        finally:
+            if websocket is not None:
+                await close_own_stacks(websocket.scope)
+
+    def _refusal(self, scope: Mapping[str, Any], request: Request) -> Response | None:
+        """The answer to an upgrade refused before any hook runs (origin, rate, peer limit).
+
+        ``None``: go on, with a peer slot reserved (before any await, so
+        concurrent upgrades cannot overshoot ``max_peers``).
+        """
+        response: Response | None
+        if not self._origin_allowed(request):
+            reason, response = "origin", PlainTextResponse("Origin not allowed", status_code=403)
+        else:
+            # limits.py: connections per client address
+            reason = "rate"
+            response = self.rate_limit.admit(request) if self.rate_limit is not None else None
+            if response is None and not self._peers.reserve(self.max_peers):
+                reason = "limit"
+                response = PlainTextResponse("Too many connections", status_code=503)
+        if response is not None and ops.on:
+            ops.rejected(scope, reason)
+        return response
+
+    async def _connect(
+        self,
+        scope: Mapping[str, Any],
+        request: UpgradeRequest,
+        receive: Receive,
+        send: Send,
+        websocket: WebSocket | None,
+    ) -> tuple[_Connection | None, WebSocket | None]:
+        """Upgrade, accept, and the connection that will own the peer.
+
+        ``None`` for the connection when the upgrade was rejected or the client
+        left: the reserved slot is released and dependencies are finished.
+        The ``WebSocket`` returned is the one dependencies were solved with.
+        """
         connection = None
         try:
             hooks, upgrade, websocket = await self._upgrade(request, receive, send, websocket)
@@ -412,7 +443,7 @@ class WebSocketHandler:
                 if ops.on:
                     ops.rejected(scope, "upgrade")
                 await deny(scope, send, upgrade.rejection)
-                return
+                return None, websocket
             if upgrade.context:
                 request.context.update(upgrade.context)
             namespace = upgrade.namespace
@@ -421,7 +452,7 @@ class WebSocketHandler:
             try:
                 await send(upgrade.accept_message())
             except Exception:  # the client left during the handshake
-                return
+                return None, websocket
             connection = _Connection(
                 request=request,
                 receive=receive,
@@ -439,17 +470,12 @@ class WebSocketHandler:
             )
             if ops.on or self.rate_limit is not None:
                 connection.watch = ops.watch(connection, scope, self.rate_limit)
+            return connection, websocket
         finally:
             if connection is None:
                 self._peers.release()
                 if websocket is not None:
                     await close_own_stacks(websocket.scope)
-        try:
-            watch = connection.watch
-            await (connection.run() if watch is None else watch.run(connection))
-        finally:
-            if websocket is not None:
-                await close_own_stacks(websocket.scope)
 
     async def _resolve(self, request: UpgradeRequest) -> Hooks:
         """This connection's hooks: the static ones, or what the factory/``resolve`` returns."""

@@ -8,8 +8,10 @@
   ``postgres`` user when the tests run as root (PostgreSQL refuses root).
 - ``NatsService``: ``nats-server`` with JetStream in a temp dir.
 
-Everything listens on 127.0.0.1, on free ports, in temp dirs; server output
-goes to a log file there (no pipe to fill up). A missing binary skips loudly,
+Everything listens on 127.0.0.1, on free ports, in temp dirs. The servers
+run as ``tests.processes.ChildProcess`` (output drained in a thread, kept for
+error messages, always reaped); ``pg_ctl`` daemonizes PostgreSQL, whose log
+goes to a file. A missing binary skips loudly,
 and fails under ``CI=true`` (``need``). The session-scoped fixtures at the end
 start each service once for the whole run.
 """
@@ -19,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -31,6 +32,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import free_port, need
+from tests.processes import ChildProcess
 
 __all__ = [
     "NatsService",
@@ -62,22 +64,6 @@ def wait_until(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
         time.sleep(0.02)
 
 
-def _accepts(port: int) -> bool:
-    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-        return True
-
-
-def _stop(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(sig)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 # ---------------------------------------------------------------- Redis
 
 
@@ -86,7 +72,7 @@ class RedisServer:
 
     def __init__(self) -> None:
         self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: ChildProcess | None = None
 
     @property
     def url(self) -> str:
@@ -95,27 +81,18 @@ class RedisServer:
     def start(self) -> RedisServer:
         command = ["redis-server", "--save", "", "--appendonly", "no"]
         command += ["--port", str(self.port), "--bind", "127.0.0.1"]
-        self.proc = subprocess.Popen(
-            command,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
-            with contextlib.suppress(OSError):
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        return self
-            time.sleep(0.02)
-        raise RuntimeError("redis-server did not start")
+        self.proc = ChildProcess(command, name="redis-server")
+        self.proc.wait_port(self.port, timeout=10, ready=self._pong)
+        return self
+
+    def _pong(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        if self.proc is not None:
             self.proc.kill()
-            self.proc.wait()
 
     def command(self, *args: str) -> Any:
         """Run one command with a fresh plain client (not the code under test)."""
@@ -141,7 +118,7 @@ class RedisClusterService:
         # out of range: give each node its own free one.
         self.bus_ports = {port: free_port() for port in self.ports}
         self.node_timeout_ms = node_timeout_ms
-        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.procs: dict[int, ChildProcess] = {}
 
     @property
     def url(self) -> str:
@@ -167,7 +144,6 @@ class RedisClusterService:
     def _start_node(self, port: int) -> None:
         node_dir = self.dir / str(port)
         node_dir.mkdir(exist_ok=True)
-        log = open(node_dir / "log", "ab")  # closed below: the child has it
         command = [
             "redis-server", "--port", str(port), "--bind", "127.0.0.1",
             "--cluster-port", str(self.bus_ports[port]),
@@ -178,17 +154,12 @@ class RedisClusterService:
             # cannot take over from its primary.
             "--repl-diskless-sync-delay", "0",
         ]  # fmt: skip
-        self.procs[port] = subprocess.Popen(
-            command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
+        self.procs[port] = ChildProcess(command, name=f"redis-server:{port}")
 
     def _pong(self, port: int) -> bool:
         if not self.alive(port):
-            log = (self.dir / str(port) / "log").read_text(errors="replace")[-500:]
-            raise RuntimeError(f"redis-server on {port} exited:\n{log}")
+            output = self.procs[port].text[-500:]
+            raise RuntimeError(f"redis-server on {port} exited:\n{output}")
         return self.command(port, "PING") == "PONG"
 
     def command(self, port: int, *args: str) -> str:
@@ -237,10 +208,12 @@ class RedisClusterService:
 
     def alive(self, port: int) -> bool:
         proc = self.procs.get(port)
-        return proc is not None and proc.poll() is None
+        return proc is not None and proc.returncode is None
 
     def kill(self, port: int) -> None:
-        _stop(self.procs.get(port), signal.SIGKILL)
+        proc = self.procs.get(port)
+        if proc is not None:
+            proc.kill()
 
     def restart(self, port: int) -> None:
         """Bring a killed node back (it rejoins as a replica of its successor)."""
@@ -263,7 +236,7 @@ class RedisClusterService:
 
     def stop(self) -> None:
         for proc in self.procs.values():
-            _stop(proc, signal.SIGKILL)
+            proc.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -323,25 +296,21 @@ class NatsService:
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="h3-nats-"))
         self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: ChildProcess | None = None
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self) -> NatsService:
-        log = open(self.dir / "log", "ab")  # closed below: the child has it
-        self.proc = subprocess.Popen(
-            ["nats-server", "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.dir)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        wait_until(lambda: _accepts(self.port), "nats-server")
+        command = ["nats-server", "-a", "127.0.0.1", "-p", str(self.port), "-js"]
+        self.proc = ChildProcess([*command, "-sd", str(self.dir)], name="nats-server")
+        self.proc.wait_port(self.port, timeout=30)
         return self
 
     def stop(self) -> None:
-        _stop(self.proc, signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.kill()
 
     def remove(self) -> None:
         self.stop()

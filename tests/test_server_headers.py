@@ -7,11 +7,7 @@ as docs/proxy.md tells users to.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import os
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -25,6 +21,7 @@ from starlette.responses import PlainTextResponse
 
 from h3_fastapi import serve
 from tests.conftest import ROOT, LiveServer, free_port, need
+from tests.processes import ChildProcess
 
 APP = "tests.apps.server_headers_app:app"
 UPSTREAM_DATE = "Tue, 01 Jan 2030 00:00:00 GMT"
@@ -80,30 +77,10 @@ def proxy_url(
     if name in ("hypercorn", "granian"):
         need(importlib.util.find_spec(name) is not None, f"{name} is not installed")
     port = free_port()
-    proc = subprocess.Popen(
-        _command(name, port, tmp_path),
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "H3_TEST_UPSTREAM": upstream},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, f"{name} exited early"
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            assert time.monotonic() < deadline, f"{name} did not start"
-            time.sleep(0.05)  # polling a child's port: there is nothing to wait on
+    env = {"PYTHONPATH": str(ROOT), "H3_TEST_UPSTREAM": upstream}
+    with ChildProcess(_command(name, port, tmp_path), env=env, name=name) as server:
+        server.wait_port(port, timeout=30)
         yield name, f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _get(url: str) -> httpx.Response:
