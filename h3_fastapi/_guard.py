@@ -85,13 +85,13 @@ class Guard:
         ip = parse_ip(text)
         if ip is None:
             return f"{host!r} resolved to an unparsable address"
-        candidates: list[_Address] = [ip]
-        if isinstance(ip, ipaddress.IPv6Address):
-            embedded = _embedded_ipv4(ip)
-            if embedded is not None:
-                candidates.append(embedded)
+        embedded = _embedded_ipv4(ip) if isinstance(ip, ipaddress.IPv6Address) else None
+        candidates: list[_Address] = [ip] if embedded is None else [ip, embedded]
         listed = any(self._listed(c) for c in candidates)
-        if self.deny_private and not listed and not all(c.is_global for c in candidates):
+        # Judged by the IPv4 address reached, not by the embedding prefix: Python 3.13
+        # calls all of 2002::/16 and 64:ff9b:1::/48 non-global, 3.12.1 all global.
+        reached = ip if embedded is None else embedded
+        if self.deny_private and not listed and not reached.is_global:
             return f"{host!r} resolves to non-public address {ip}"
         if self.restrict and not listed and not self.name_allowed(host):
             return f"{host!r} ({ip}) is not in allow_hosts"

@@ -477,6 +477,8 @@ async def test_flush_while_paused_sends_held_events() -> None:
     stream = EventStream(make_request())
     client = FakeClient()
     task = start(stream, client)
+    # Flush a running stream (3.10 and 3.11's wait_for let it start by accident).
+    await client.wait_for(lambda: len(client.messages) == 1)
     stream.pause()
     stream.push("held")
     await asyncio.wait_for(_await(stream.flush()), 2)
