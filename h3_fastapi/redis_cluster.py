@@ -219,8 +219,8 @@ class RedisClusterPubSub(UrlPubSub):
     Each process opens one listening connection per shard that holds channels
     it wants, and publishes through redis-py's ``RedisCluster``. Order is kept
     per publisher and topic (topics on different shards travel separately).
-    Needs Redis or Valkey 7 or later and the ``redis`` package (5.0 or later;
-    8.1 is tested).
+    Needs Redis or Valkey 7 or later and a ``redis`` package whose asyncio
+    ``RedisCluster`` has sharded pub/sub (tested with 8.1; older ones are not).
     """
 
     default_url = "redis+cluster://localhost:6379"
