@@ -17,6 +17,7 @@ import asyncio
 import enum
 import inspect
 import operator
+import types
 from collections.abc import Awaitable, Iterable, KeysView, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,7 @@ CLOSE_TIMEOUT = 3.0
 
 # Awaitables that only say "queued": the reader flushes after the hook anyway.
 _QUEUED = (Written, type(DONE))
+_Coroutine = types.CoroutineType
 
 
 class ConnectionState(enum.Enum):
@@ -213,20 +215,19 @@ class _Connection(Outbox[Outgoing]):
         "close_details",
         "close_request",
         "close_timer",
-        "drain_armed",
         "drain_at",
         "hooks",
         "in_receive",
         "in_thread",
         "main",
         "max_message_size",
+        "observed",
         "peer",
         "peers",
         "protocol",
         "pubsub",
         "reader",
         "receive",
-        "send",
         "state",
         "terminated",
         "topics",
@@ -262,7 +263,8 @@ class _Connection(Outbox[Outgoing]):
         self.protocol = protocol
         # The ``drain`` hook fires when the buffer empties after reaching ``drain_at`` bytes.
         self.drain_at = drain_threshold if hooks.drain is not None else None
-        self.drain_armed = False
+        # Ops or ``drain`` see every queued frame (``queue``); else ``Peer`` calls ``put``.
+        self.observed = self.drain_at is not None
         self.state = _OPEN
         self.close_request: tuple[int, str] | None = None
         self.close_timer: asyncio.TimerHandle | None = None
@@ -363,9 +365,11 @@ class _Connection(Outbox[Outgoing]):
             return self.hooks.failed(self.peer, "message", exc)
         finally:
             self._hold_wake = False
-        if result is None or result.__class__ in _QUEUED or not inspect.isawaitable(result):
+        if result is None or result.__class__ in _QUEUED:
             return None
-        return result
+        if result.__class__ is _Coroutine or inspect.isawaitable(result):
+            return result
+        return None
 
     def _disconnected(self, event: Mapping[str, Any]) -> None:
         # After our own close the details are what we asked for, whatever the
@@ -381,7 +385,7 @@ class _Connection(Outbox[Outgoing]):
         try:
             while self.state is not _CLOSED:
                 if self._items and not self._writing:
-                    await self.flush()
+                    await self.write_pending(self.main or True)  # a task, never ``True``
                 elif self.state is _CLOSING and not self._writing:
                     await self._send_close()
                     return
@@ -400,9 +404,9 @@ class _Connection(Outbox[Outgoing]):
             pass
         self._finish(code, reason)
 
-    def flush(self) -> Awaitable[None]:
-        """Write the outbox from the calling task."""
-        return self.write_pending(self.send)
+    # The reader writes the outbox itself after each hook: ``writing`` is then
+    # ``True`` (the reader), and ``terminate`` knows whom to cancel.
+    flush = Outbox.write_pending
 
     def _write_failed(self, exc: BaseException) -> bool:
         if isinstance(exc, asyncio.CancelledError):
@@ -415,18 +419,17 @@ class _Connection(Outbox[Outgoing]):
         self._transport_failed(exc)  # type: ignore[arg-type]
         return True
 
-    def _after_write(self) -> None:
-        if self.state is not _OPEN:
-            self.wake_writer()
-        elif self.drain_armed and self._buffered < self.drain_at:  # type: ignore[operator]
-            self.drain_armed = False
+    def _writer_here(self) -> asyncio.Task[Any] | bool | None:
+        task = asyncio.current_task(self._loop)
+        if task is self.reader:
+            return True  # as in ``flush``
+        return task if task is self.main else None
+
+    def _drained(self) -> None:
+        # A write ended with the queue empty while ``drain`` was armed (``queue``).
+        if self._buffered < self.drain_at:  # type: ignore[operator]
+            self._drain_armed = False
             spawn(self.hooks.call("drain", self.peer), what="WebSocket drain hook")
-
-    def _may_write_here(self) -> bool:
-        task = asyncio.current_task()
-        return task is self.reader or task is self.main
-
-    _write_here = flush
 
     async def _stop_reader(self) -> None:
         reader = self.reader
@@ -464,15 +467,24 @@ class _Connection(Outbox[Outgoing]):
             self.topics = set()
         return self.topics
 
+    def watched_by(self, watch: PeerWatch | None) -> None:
+        """Ops (metrics, rate limit, tracing) watch this connection; ``None``: nothing enabled."""
+        self.watch = watch
+        if watch is not None:
+            self.observed = True
+
     def queue(self, outgoing: Outgoing) -> Awaitable[None]:
-        """Queue an encoded frame unless closing; any thread."""
+        """Queue an encoded frame unless closing, seen by ops and the drain hook; any thread.
+
+        ``Peer`` comes here only when ``observed``; else it calls ``put`` directly.
+        """
         if self.state is not _OPEN:
             return DONE
         if self.watch is not None:  # ops
             self.watch.sent(outgoing)
         written = self.put(outgoing, outgoing.size)
         if self.drain_at is not None and self._buffered >= self.drain_at:
-            self.drain_armed = True
+            self._drain_armed = True
         return written
 
     def subscribe(self, topic: str) -> None:
@@ -498,7 +510,7 @@ class _Connection(Outbox[Outgoing]):
         self._move(_CLOSING)
         self.close_request = (code, reason)
         self.close_timer = self._loop.call_later(timeout, self.terminate)  # type: ignore[union-attr]
-        self.wake_writer()
+        self.end()
 
     def terminate(self) -> None:
         """Drop the connection now; any thread."""
@@ -506,7 +518,7 @@ class _Connection(Outbox[Outgoing]):
             return
         code, reason = self.close_request or (1006, "terminated")
         self.terminated = True
-        task = self._writing
+        task = self.reader if self._writing is True else self._writing
         self._finish(code, reason)
         if isinstance(task, asyncio.Task) and not task.done():
             task.cancel()

@@ -122,15 +122,24 @@ class Peer:
         Await the result to wait until it is written. Safe from any thread.
         After close, data is dropped silently.
         """
+        connection = self._connection
         if data.__class__ is str:  # the common case, without the serialiser
-            return self._connection.queue(Outgoing(data))
-        if not self._connection.is_open:
+            outgoing = Outgoing(data)
+        elif connection.is_open:
+            outgoing = Outgoing.encode(data)
+        else:
             return DONE
-        return self._connection.queue(Outgoing.encode(data))
+        if connection.observed:  # ops or a drain hook see it on the way
+            return connection.queue(outgoing)
+        return connection.put(outgoing, outgoing.size)  # dropped once closing
 
     def deliver(self, outgoing: Outgoing) -> None:
         """The pub/sub entry point: queue an already-encoded publish (any thread)."""
-        self._connection.queue(outgoing)
+        connection = self._connection
+        if connection.observed:
+            connection.queue(outgoing)
+        else:
+            connection.put(outgoing, outgoing.size)
 
     def publish(self, topic: str, data: Any) -> Awaitable[None]:
         """Send ``data`` to every subscriber of ``topic`` in this namespace except this peer."""

@@ -72,10 +72,10 @@ class Outgoing:
         message = self._message
         if message is None:
             data = self.data
-            if isinstance(data, bytes):
-                message = {"type": "websocket.send", "bytes": data}
-            else:
+            if data.__class__ is str or not isinstance(data, bytes):
                 message = {"type": "websocket.send", "text": data}
+            else:
+                message = {"type": "websocket.send", "bytes": data}
             self._message = message
         return message
 

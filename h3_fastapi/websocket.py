@@ -438,7 +438,7 @@ class WebSocketHandler:
                 drain_threshold=self.drain_threshold,
             )
             if ops.on or self.rate_limit is not None:
-                connection.watch = ops.watch(connection, scope, self.rate_limit)
+                connection.watched_by(ops.watch(connection, scope, self.rate_limit))
         finally:
             if connection is None:
                 self._peers.release()
