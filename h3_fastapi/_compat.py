@@ -14,13 +14,13 @@ Waiting = list[tuple[int, "asyncio.Future[None]"]]
 
 
 class _WaitsWritten(Protocol):
-    def wait_written(self, seq: int, /) -> Awaitable[None]: ...
+    def wait_written(self, seq: int, /) -> Generator[Any, None, None]: ...
 
 
 class Written:
     """What ``send``/``push`` return: the data is queued already; await to wait until written.
 
-    Holds the outbox and the item's sequence number; the coroutine
+    Holds the outbox and the item's sequence number; the waiting generator
     (``outbox.wait_written``) is only made when someone awaits, so not
     awaiting costs one small object.
     """
@@ -32,7 +32,7 @@ class Written:
         self._seq = seq
 
     def __await__(self) -> Generator[Any, None, None]:
-        return self._outbox.wait_written(self._seq).__await__()
+        return self._outbox.wait_written(self._seq)
 
 
 def uncancel() -> None:

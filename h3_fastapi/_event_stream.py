@@ -311,7 +311,8 @@ class EventStream(Response):
             return DONE
         if ops.on:
             ops.pushed(message)
-        written = self._writer.queue(data)
+        writer = self._writer
+        written = writer.queue(data) if writer.paused else writer.put(data, len(data))
         return written if self._state is _OPEN else DONE
 
     def push_comment(self, text: str) -> Awaitable[None]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any, ClassVar, Generic, TypeVar
 
 from ._compat import Written, release_reached, resolve
@@ -224,18 +224,23 @@ class Outbox(Generic[Item]):
         self._waiters = release_reached(self._waiters, lambda seq: seq <= written)
         self._drainers = release_reached(self._drainers, lambda cap: buffered <= cap)
 
-    async def wait_written(self, seq: int) -> None:
-        """Wait until the ``seq``-th item is written, or the outbox is closed."""
+    def wait_written(self, seq: int) -> Generator[Any, None, None]:
+        """Wait until the ``seq``-th item is written, or the outbox is closed.
+
+        A generator, not a coroutine: ``Written.__await__`` returns it as is.
+        """
         if self._written >= seq or self._closed:
             return
         if not self._writing:
             writer = self._writer_here()
             if writer is not None:
-                await self.write_pending(writer)
-                if self._yield_after_write_here:
-                    # A send that did not block never yielded: give other tasks a
-                    # turn, or a producer that never waits would starve the loop.
-                    await asyncio.sleep(0)
+                before = self._written
+                yield from self.write_pending(writer).__await__()
+                if self._yield_after_write_here and (self._written ^ before) >> 4:
+                    # Sends that did not block never yielded: every 16 items give
+                    # other tasks a turn, or a producer that never waits would
+                    # starve the loop (and never see its client leave).
+                    yield from asyncio.sleep(0).__await__()
                 if self._written >= seq or self._closed:
                     return
         future: asyncio.Future[None] = self._loop.create_future()  # type: ignore[union-attr]
@@ -243,7 +248,7 @@ class Outbox(Generic[Item]):
             self._waiters = []
         self._waiters.append((seq, future))
         self.wake_writer()
-        await future
+        yield from future
 
     async def wait_for_drain(self, threshold: int = 0, timeout: float | None = None) -> None:
         """Wait until at most ``threshold`` bytes are queued, or the outbox is closed."""
