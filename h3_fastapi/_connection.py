@@ -27,18 +27,19 @@ from starlette.types import Receive, Send
 from . import _shutdown
 from ._compat import Written, spawn, uncancel
 from ._hooks import Hooks, call_in_thread, logger
+from ._ops import ops
 from ._outbox import Outbox
 from ._rejection import deny, exception_response
 from ._websocket_view import PeerWebSocket
 from .message import Message
-from .peer import CloseDetails, Peer
+from .peer import CloseDetails, Peer, UpgradeRequest
 from .pubsub import DONE, Outgoing, PubSub
 
 if TYPE_CHECKING:
-    from starlette.requests import Request
     from starlette.websockets import WebSocket
 
     from ._ops import PeerWatch
+    from .limits import RateLimit
 
 __all__ = ["CLOSE_TIMEOUT", "ConnectionState", "PeerTable", "Upgrade", "deny", "upgrade_result"]
 
@@ -228,6 +229,7 @@ class _Connection(Outbox[Outgoing]):
         "pubsub",
         "reader",
         "receive",
+        "scope",
         "state",
         "terminated",
         "topics",
@@ -238,7 +240,8 @@ class _Connection(Outbox[Outgoing]):
     def __init__(
         self,
         *,
-        request: Request,
+        scope: Mapping[str, Any],
+        request: UpgradeRequest | None,
         receive: Receive,
         send: Send,
         namespace: str,
@@ -250,8 +253,10 @@ class _Connection(Outbox[Outgoing]):
         websocket: WebSocket | None,
         protocol: str | None = None,
         drain_threshold: int | None = None,
+        rate_limit: RateLimit | None = None,
     ) -> None:
         super().__init__(send_buffer_limit, asyncio.get_running_loop())
+        self.scope = scope
         self.receive = receive
         self.send = send
         self.websocket = websocket
@@ -263,8 +268,6 @@ class _Connection(Outbox[Outgoing]):
         self.protocol = protocol
         # The ``drain`` hook fires when the buffer empties after reaching ``drain_at`` bytes.
         self.drain_at = drain_threshold if hooks.drain is not None else None
-        # Ops or ``drain`` see every queued frame (``queue``); else ``Peer`` calls ``put``.
-        self.observed = self.drain_at is not None
         self.state = _OPEN
         self.close_request: tuple[int, str] | None = None
         self.close_timer: asyncio.TimerHandle | None = None
@@ -274,9 +277,13 @@ class _Connection(Outbox[Outgoing]):
         self.topics: set[str] | None = None  # made on first subscribe
         self.reader: asyncio.Task[Any] | None = None
         self.main: asyncio.Task[Any] | None = None
-        self.peer = Peer(self, request, namespace)
+        self.peer = Peer(self, namespace, request)
         # ops: metrics, rate limit, span (_ops.py); None when none is enabled.
         self.watch: PeerWatch | None = None
+        if ops.on or rate_limit is not None:
+            self.watch = ops.watch(self, scope, rate_limit)
+        # Ops or ``drain`` see every queued frame (``queue``); else ``Peer`` calls ``put``.
+        self.observed = self.watch is not None or self.drain_at is not None
 
     def _move(self, state: ConnectionState) -> None:
         """Change state; the state only moves forward."""
@@ -285,16 +292,28 @@ class _Connection(Outbox[Outgoing]):
         self.state = state
 
     async def run(self) -> None:
-        """Serve the accepted connection until it ends, then run ``close`` once.
+        """Serve the accepted connection: write its outbox until it ends, then run ``close`` once.
 
         The reader task runs ``open`` first, so this task is already writing
         while it runs (``await peer.wait_for_drain()`` works in ``open``).
+        The write loop is inlined here: an idle peer keeps one frame less.
         """
-        self.main = asyncio.current_task()
+        main = self.main = asyncio.current_task()
         self.peers.add(self)
         try:
             self.reader = asyncio.create_task(self._read_loop())
-            await self._write_loop()
+            while self.state is not _CLOSED:
+                if self._items and not self._writing:
+                    await self.write_pending(main or True)  # a task, never ``True``
+                elif self.state is _CLOSING and not self._writing:
+                    await self._send_close()
+                    break
+                else:
+                    await self.park()
+        except asyncio.CancelledError:
+            if not self.terminated:
+                raise
+            uncancel()
         finally:
             if self.state is not _CLOSED:
                 self._finish(1006, "")
@@ -380,22 +399,6 @@ class _Connection(Outbox[Outgoing]):
         )
         self._finish(code, reason)
 
-    async def _write_loop(self) -> None:
-        """Drain the outbox until the peer is closed, then send the close frame."""
-        try:
-            while self.state is not _CLOSED:
-                if self._items and not self._writing:
-                    await self.write_pending(self.main or True)  # a task, never ``True``
-                elif self.state is _CLOSING and not self._writing:
-                    await self._send_close()
-                    return
-                else:
-                    await self.park()
-        except asyncio.CancelledError:
-            if not self.terminated:
-                raise
-            uncancel()
-
     async def _send_close(self) -> None:
         code, reason = self.close_request or (1000, "")
         try:
@@ -451,8 +454,7 @@ class _Connection(Outbox[Outgoing]):
         """The peer's accepted Starlette ``WebSocket`` with the WHATWG view, made on first use."""
         view = self.websocket
         if not isinstance(view, PeerWebSocket):
-            scope = view.scope if view is not None else dict(self.peer.request.scope)
-            scope = dict(scope, type="websocket")
+            scope = dict(view.scope if view is not None else self.scope, type="websocket")
             scope["scheme"] = "wss" if scope.get("scheme") in ("https", "wss") else "ws"
             view = self.websocket = PeerWebSocket(self, scope)
         return view
@@ -466,12 +468,6 @@ class _Connection(Outbox[Outgoing]):
         if self.topics is None:
             self.topics = set()
         return self.topics
-
-    def watched_by(self, watch: PeerWatch | None) -> None:
-        """Ops (metrics, rate limit, tracing) watch this connection; ``None``: nothing enabled."""
-        self.watch = watch
-        if watch is not None:
-            self.observed = True
 
     def queue(self, outgoing: Outgoing) -> Awaitable[None]:
         """Queue an encoded frame unless closing, seen by ops and the drain hook; any thread.

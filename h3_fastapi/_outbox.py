@@ -166,10 +166,13 @@ class Outbox(Generic[Item]):
         wake, self._wake = self._wake, None
         resolve(wake)
 
-    async def park(self) -> None:
-        """The writer waits here until there is something to do."""
-        self._wake = self._loop.create_future()  # type: ignore[union-attr]
-        await self._wake
+    def park(self) -> asyncio.Future[None]:
+        """What the writer awaits until there is something to do.
+
+        A future, not a coroutine: an idle writer keeps no extra frame (~0.2 KiB).
+        """
+        wake = self._wake = self._loop.create_future()  # type: ignore[union-attr]
+        return wake
 
     @property
     def parked(self) -> bool:
