@@ -326,8 +326,7 @@ class EventStream(Response):
         if not self.is_closed:
             if ops.on:
                 ops.pushed(outgoing)
-            text = format_event(to_text(outgoing.data), outgoing.id)
-            self._queue(text.encode("utf-8", "replace"))
+            self._queue(outgoing.event)  # formatted once for all streams
 
     def recovered(self, recovery: Any) -> None:
         """Told by the pub/sub how a ``Last-Event-ID`` catch-up went (between missed and live).
