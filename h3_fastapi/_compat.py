@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Generator, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from ._hooks import logger
 
@@ -13,21 +13,26 @@ __all__ = ["Written", "release_reached", "resolve", "spawn", "uncancel", "worker
 Waiting = list[tuple[int, "asyncio.Future[None]"]]
 
 
+class _WaitsWritten(Protocol):
+    def wait_written(self, seq: int, /) -> Generator[Any, None, None]: ...
+
+
 class Written:
     """What ``send``/``push`` return: the data is queued already; await to wait until written.
 
-    ``wait`` is the owner's ``_wait_written``; the coroutine is only made when
-    someone awaits, so not awaiting costs one small object.
+    Holds the outbox and the item's sequence number; the waiting generator
+    (``outbox.wait_written``) is only made when someone awaits, so not
+    awaiting costs one small object.
     """
 
-    __slots__ = ("_seq", "_wait")
+    __slots__ = ("_outbox", "_seq")
 
-    def __init__(self, wait: Callable[[int], Awaitable[None]], seq: int) -> None:
-        self._wait = wait
+    def __init__(self, outbox: _WaitsWritten, seq: int) -> None:
+        self._outbox = outbox
         self._seq = seq
 
     def __await__(self) -> Generator[Any, None, None]:
-        return self._wait(self._seq).__await__()
+        return self._outbox.wait_written(self._seq)
 
 
 def uncancel() -> None:

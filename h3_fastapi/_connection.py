@@ -17,6 +17,7 @@ import asyncio
 import enum
 import inspect
 import operator
+import types
 from collections.abc import Awaitable, Iterable, KeysView, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -26,18 +27,19 @@ from starlette.types import Receive, Send
 from . import _shutdown
 from ._compat import Written, spawn, uncancel
 from ._hooks import Hooks, call_in_thread, logger
+from ._ops import ops
 from ._outbox import Outbox
 from ._rejection import deny, exception_response
 from ._websocket_view import PeerWebSocket
 from .message import Message
-from .peer import CloseDetails, Peer
+from .peer import CloseDetails, Peer, UpgradeRequest
 from .pubsub import DONE, Outgoing, PubSub
 
 if TYPE_CHECKING:
-    from starlette.requests import Request
     from starlette.websockets import WebSocket
 
     from ._ops import PeerWatch
+    from .limits import RateLimit
 
 __all__ = ["CLOSE_TIMEOUT", "ConnectionState", "PeerTable", "Upgrade", "deny", "upgrade_result"]
 
@@ -46,6 +48,7 @@ CLOSE_TIMEOUT = 3.0
 
 # Awaitables that only say "queued": the reader flushes after the hook anyway.
 _QUEUED = (Written, type(DONE))
+_Coroutine = types.CoroutineType
 
 
 class ConnectionState(enum.Enum):
@@ -213,20 +216,20 @@ class _Connection(Outbox[Outgoing]):
         "close_details",
         "close_request",
         "close_timer",
-        "drain_armed",
         "drain_at",
         "hooks",
         "in_receive",
         "in_thread",
         "main",
         "max_message_size",
+        "observed",
         "peer",
         "peers",
         "protocol",
         "pubsub",
         "reader",
         "receive",
-        "send",
+        "scope",
         "state",
         "terminated",
         "topics",
@@ -237,7 +240,8 @@ class _Connection(Outbox[Outgoing]):
     def __init__(
         self,
         *,
-        request: Request,
+        scope: Mapping[str, Any],
+        request: UpgradeRequest | None,
         receive: Receive,
         send: Send,
         namespace: str,
@@ -249,8 +253,10 @@ class _Connection(Outbox[Outgoing]):
         websocket: WebSocket | None,
         protocol: str | None = None,
         drain_threshold: int | None = None,
+        rate_limit: RateLimit | None = None,
     ) -> None:
         super().__init__(send_buffer_limit, asyncio.get_running_loop())
+        self.scope = scope
         self.receive = receive
         self.send = send
         self.websocket = websocket
@@ -262,7 +268,6 @@ class _Connection(Outbox[Outgoing]):
         self.protocol = protocol
         # The ``drain`` hook fires when the buffer empties after reaching ``drain_at`` bytes.
         self.drain_at = drain_threshold if hooks.drain is not None else None
-        self.drain_armed = False
         self.state = _OPEN
         self.close_request: tuple[int, str] | None = None
         self.close_timer: asyncio.TimerHandle | None = None
@@ -272,9 +277,13 @@ class _Connection(Outbox[Outgoing]):
         self.topics: set[str] | None = None  # made on first subscribe
         self.reader: asyncio.Task[Any] | None = None
         self.main: asyncio.Task[Any] | None = None
-        self.peer = Peer(self, request, namespace)
+        self.peer = Peer(self, namespace, request)
         # ops: metrics, rate limit, span (_ops.py); None when none is enabled.
         self.watch: PeerWatch | None = None
+        if ops.on or rate_limit is not None:
+            self.watch = ops.watch(self, scope, rate_limit)
+        # Ops or ``drain`` see every queued frame (``queue``); else ``Peer`` calls ``put``.
+        self.observed = self.watch is not None or self.drain_at is not None
 
     def _move(self, state: ConnectionState) -> None:
         """Change state; the state only moves forward."""
@@ -283,16 +292,28 @@ class _Connection(Outbox[Outgoing]):
         self.state = state
 
     async def run(self) -> None:
-        """Serve the accepted connection until it ends, then run ``close`` once.
+        """Serve the accepted connection: write its outbox until it ends, then run ``close`` once.
 
         The reader task runs ``open`` first, so this task is already writing
         while it runs (``await peer.wait_for_drain()`` works in ``open``).
+        The write loop is inlined here: an idle peer keeps one frame less.
         """
-        self.main = asyncio.current_task()
+        main = self.main = asyncio.current_task()
         self.peers.add(self)
         try:
             self.reader = asyncio.create_task(self._read_loop())
-            await self._write_loop()
+            while self.state is not _CLOSED:
+                if self._items and not self._writing:
+                    await self.write_pending(main or True)  # a task, never ``True``
+                elif self.state is _CLOSING and not self._writing:
+                    await self._send_close()
+                    break
+                else:
+                    await self.park()
+        except asyncio.CancelledError:
+            if not self.terminated:
+                raise
+            uncancel()
         finally:
             if self.state is not _CLOSED:
                 self._finish(1006, "")
@@ -363,9 +384,11 @@ class _Connection(Outbox[Outgoing]):
             return self.hooks.failed(self.peer, "message", exc)
         finally:
             self._hold_wake = False
-        if result is None or result.__class__ in _QUEUED or not inspect.isawaitable(result):
+        if result is None or result.__class__ in _QUEUED:
             return None
-        return result
+        if result.__class__ is _Coroutine or inspect.isawaitable(result):
+            return result
+        return None
 
     def _disconnected(self, event: Mapping[str, Any]) -> None:
         # After our own close the details are what we asked for, whatever the
@@ -376,22 +399,6 @@ class _Connection(Outbox[Outgoing]):
         )
         self._finish(code, reason)
 
-    async def _write_loop(self) -> None:
-        """Drain the outbox until the peer is closed, then send the close frame."""
-        try:
-            while self.state is not _CLOSED:
-                if self._items and not self._writing:
-                    await self.flush()
-                elif self.state is _CLOSING and not self._writing:
-                    await self._send_close()
-                    return
-                else:
-                    await self.park()
-        except asyncio.CancelledError:
-            if not self.terminated:
-                raise
-            uncancel()
-
     async def _send_close(self) -> None:
         code, reason = self.close_request or (1000, "")
         try:
@@ -400,9 +407,9 @@ class _Connection(Outbox[Outgoing]):
             pass
         self._finish(code, reason)
 
-    def flush(self) -> Awaitable[None]:
-        """Write the outbox from the calling task."""
-        return self.write_pending(self.send)
+    # The reader writes the outbox itself after each hook: ``writing`` is then
+    # ``True`` (the reader), and ``terminate`` knows whom to cancel.
+    flush = Outbox.write_pending
 
     def _write_failed(self, exc: BaseException) -> bool:
         if isinstance(exc, asyncio.CancelledError):
@@ -415,18 +422,17 @@ class _Connection(Outbox[Outgoing]):
         self._transport_failed(exc)  # type: ignore[arg-type]
         return True
 
-    def _after_write(self) -> None:
-        if self.state is not _OPEN:
-            self.wake_writer()
-        elif self.drain_armed and self._buffered < self.drain_at:  # type: ignore[operator]
-            self.drain_armed = False
+    def _writer_here(self) -> asyncio.Task[Any] | bool | None:
+        task = asyncio.current_task(self._loop)
+        if task is self.reader:
+            return True  # as in ``flush``
+        return task if task is self.main else None
+
+    def _drained(self) -> None:
+        # A write ended with the queue empty while ``drain`` was armed (``queue``).
+        if self._buffered < self.drain_at:  # type: ignore[operator]
+            self._drain_armed = False
             spawn(self.hooks.call("drain", self.peer), what="WebSocket drain hook")
-
-    def _may_write_here(self) -> bool:
-        task = asyncio.current_task()
-        return task is self.reader or task is self.main
-
-    _write_here = flush
 
     async def _stop_reader(self) -> None:
         reader = self.reader
@@ -448,8 +454,7 @@ class _Connection(Outbox[Outgoing]):
         """The peer's accepted Starlette ``WebSocket`` with the WHATWG view, made on first use."""
         view = self.websocket
         if not isinstance(view, PeerWebSocket):
-            scope = view.scope if view is not None else dict(self.peer.request.scope)
-            scope = dict(scope, type="websocket")
+            scope = dict(view.scope if view is not None else self.scope, type="websocket")
             scope["scheme"] = "wss" if scope.get("scheme") in ("https", "wss") else "ws"
             view = self.websocket = PeerWebSocket(self, scope)
         return view
@@ -465,14 +470,17 @@ class _Connection(Outbox[Outgoing]):
         return self.topics
 
     def queue(self, outgoing: Outgoing) -> Awaitable[None]:
-        """Queue an encoded frame unless closing; any thread."""
+        """Queue an encoded frame unless closing, seen by ops and the drain hook; any thread.
+
+        ``Peer`` comes here only when ``observed``; else it calls ``put`` directly.
+        """
         if self.state is not _OPEN:
             return DONE
         if self.watch is not None:  # ops
             self.watch.sent(outgoing)
         written = self.put(outgoing, outgoing.size)
         if self.drain_at is not None and self._buffered >= self.drain_at:
-            self.drain_armed = True
+            self._drain_armed = True
         return written
 
     def subscribe(self, topic: str) -> None:
@@ -498,7 +506,7 @@ class _Connection(Outbox[Outgoing]):
         self._move(_CLOSING)
         self.close_request = (code, reason)
         self.close_timer = self._loop.call_later(timeout, self.terminate)  # type: ignore[union-attr]
-        self.wake_writer()
+        self.end()
 
     def terminate(self) -> None:
         """Drop the connection now; any thread."""
@@ -506,7 +514,7 @@ class _Connection(Outbox[Outgoing]):
             return
         code, reason = self.close_request or (1006, "terminated")
         self.terminated = True
-        task = self._writing
+        task = self.reader if self._writing is True else self._writing
         self._finish(code, reason)
         if isinstance(task, asyncio.Task) and not task.done():
             task.cancel()

@@ -67,7 +67,9 @@ class _State(enum.Enum):
 
 
 _NEW, _OPEN, _CLOSING, _CLOSED = _State
-_ENDED = frozenset({_CLOSING, _CLOSED})
+# A tuple, not a set: ``in`` compares by identity in C, a set would call
+# ``Enum.__hash__`` (Python code) on every ``push``.
+_ENDED = (_CLOSING, _CLOSED)
 
 _PING = b": ping\n\n"
 # An ``@event_stream`` generator runs ahead of the writer by at most this much.
@@ -109,7 +111,7 @@ class _StreamWriter(Outbox[bytes]):
     _to_message = staticmethod(_body)
     _yield_after_write_here = True
 
-    __slots__ = ("closing", "held", "on_overflow", "paused", "send")
+    __slots__ = ("held", "on_overflow", "paused")
 
     def __init__(self, limit: int, on_overflow: Callable[[], None]) -> None:
         super().__init__(limit)
@@ -117,14 +119,20 @@ class _StreamWriter(Outbox[bytes]):
         self._hold_wake = True  # no writer until the response starts
         self.held: list[bytes] = []
         self.paused = False
-        self.closing = False
-        self.send: Send | None = None
         self.on_overflow = on_overflow
 
     def start(self, send: Send) -> None:
         """The response runs: writes go to ``send`` and the writer may be woken."""
         self.send = send
         self._hold_wake = False
+
+    def queue(self, data: bytes, unpaused: bool = False) -> Awaitable[None]:
+        """Queue ``data`` (any thread), or hold it back while paused unless ``unpaused``."""
+        if self.paused and not unpaused:
+            if not self.hop(self.queue, data, unpaused):
+                self.hold(data)
+            return DONE
+        return self.put(data, len(data))
 
     def hold(self, data: bytes) -> None:
         """Keep ``data`` back while paused (it counts against the limit)."""
@@ -152,16 +160,9 @@ class _StreamWriter(Outbox[bytes]):
         )
         self.on_overflow()
 
-    def _may_write_here(self) -> bool:
-        return self.send is not None and self.parked
-
-    def _write_here(self) -> Awaitable[None]:
-        assert self.send is not None
-        return self.write_pending(self.send)
-
-    def _after_write(self) -> None:
-        if self._items or self.closing:
-            self.wake_writer()
+    def _writer_here(self) -> bool | None:
+        # Parked means the response runs (``start`` came first) and nobody writes.
+        return True if self._wake is not None else None
 
 
 class EventStream(Response):
@@ -306,9 +307,13 @@ class EventStream(Response):
         if self._state in _ENDED:
             return DONE
         data = encode(message)
+        if not data:
+            return DONE
         if ops.on:
             ops.pushed(message)
-        return self._queue(data) if data else DONE
+        writer = self._writer
+        written = writer.queue(data) if writer.paused else writer.put(data, len(data))
+        return written if self._state is _OPEN else DONE
 
     def push_comment(self, text: str) -> Awaitable[None]:
         """Queue a comment (``: text`` per line); clients ignore it. Like ``push`` otherwise."""
@@ -321,8 +326,7 @@ class EventStream(Response):
         if not self.is_closed:
             if ops.on:
                 ops.pushed(outgoing)
-            text = format_event(to_text(outgoing.data), outgoing.id)
-            self._queue(text.encode("utf-8", "replace"))
+            self._queue(outgoing.event)  # formatted once for all streams
 
     def recovered(self, recovery: Any) -> None:
         """Told by the pub/sub how a ``Last-Event-ID`` catch-up went (between missed and live).
@@ -338,13 +342,9 @@ class EventStream(Response):
             self._queue(text.encode("utf-8", "replace"))
 
     def _queue(self, data: bytes, unpaused: bool = False) -> Awaitable[None]:
-        writer = self._writer
-        if self._state in _ENDED or writer.hop(self._queue, data, unpaused):
+        if self._state in _ENDED:
             return DONE
-        if writer.paused and not unpaused:
-            writer.hold(data)
-            return DONE
-        written = writer.put(data, len(data))
+        written = self._writer.queue(data, unpaused)
         return written if self._state is _OPEN else DONE
 
     def pause(self) -> None:
@@ -420,8 +420,7 @@ class EventStream(Response):
         writer.paused = False
         writer.release_held()
         self._state = _CLOSING
-        writer.closing = True
-        writer.wake_writer()
+        writer.end()
 
     def on_closed(self, callback: Callable[[], Any]) -> Callable[[], Any]:
         """Run ``callback()`` (sync or async) once when the stream ends, for any reason.
@@ -577,7 +576,7 @@ class EventStream(Response):
         writer.start(send)
         while self._state is not _CLOSED:
             if writer.pending:
-                await writer.write_pending(send)
+                await writer.write_pending()
                 self._last_write = loop.time()
             elif self._state is _CLOSING and not writer.writing:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -124,6 +124,9 @@ def _format_one(item: Any) -> str:
 
 def encode(message: Any) -> bytes:
     """Bytes for what ``push`` accepts: one value, or a list/tuple of them."""
+    if message.__class__ is str and "\n" not in message and "\r" not in message:
+        # The common case, ``format_event`` inlined: one ``data:`` line.
+        return f"data: {message}\n\n".encode("utf-8", "replace")
     if isinstance(message, (list, tuple)):
         text = "".join(_format_one(item) for item in message)
     else:

@@ -58,8 +58,10 @@ class Message:
 
     def text(self) -> str:
         """The data as text; binary data is decoded as UTF-8 with replacement."""
+        raw = self.raw_data
+        if raw.__class__ is str:  # a text frame (the common case): nothing to decode
+            return raw
         if self._text is None:
-            raw = self.raw_data
             self._text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
         return self._text
 

@@ -14,18 +14,50 @@ from collections.abc import Awaitable, KeysView, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from starlette.requests import Request
+
 from ._positioned import PositionedSubscriber, subscribe_positioned
 from ._positions import Recovery, Resolved
 from ._presence import Presence
 from .pubsub import DONE, Outgoing
 
 if TYPE_CHECKING:
-    from starlette.requests import Request
     from starlette.websockets import WebSocket
 
     from ._connection import _Connection
 
-__all__ = ["CloseDetails", "Peer"]
+__all__ = ["CloseDetails", "Peer", "UpgradeRequest", "upgrade_request"]
+
+
+class UpgradeRequest(Request):
+    """The upgrade request as an HTTP ``Request`` (scheme ``http``/``https``).
+
+    ``context`` is the peer's context dict: what ``upgrade`` puts there is on
+    ``peer.context`` (crossws ``request.context``).
+    """
+
+    context: dict[str, Any]
+
+
+async def _empty_receive() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def upgrade_request(
+    scope: Mapping[str, Any], context: dict[str, Any] | None = None
+) -> UpgradeRequest:
+    """The upgrade request of a WebSocket ``scope``, sharing ``context`` (a new dict by default).
+
+    Made only when something asks for it (a hooks factory, ``upgrade``,
+    ``get_namespace``, ``peer.request``): it copies the scope, about 1 KiB per peer.
+    """
+    http_scope = dict(scope)
+    http_scope["type"] = "http"
+    http_scope["scheme"] = "https" if scope.get("scheme") in ("wss", "https") else "http"
+    http_scope.setdefault("method", "GET")
+    request = UpgradeRequest(http_scope, _empty_receive)
+    request.context = {} if context is None else context
+    return request
 
 
 @dataclass(frozen=True)
@@ -51,21 +83,42 @@ class Peer:
     __slots__ = (
         "__weakref__",
         "_connection",
+        "_context",
         "_id",
         "_positioned",
-        "context",
+        "_request",
         "namespace",
-        "request",
     )
 
-    def __init__(self, connection: _Connection, request: Request, namespace: str) -> None:
+    def __init__(
+        self, connection: _Connection, namespace: str, request: UpgradeRequest | None = None
+    ) -> None:
         self._connection = connection
         self._id: str | None = None
         # topic -> the subscriber that frames it with positions (positioned topics only).
         self._positioned: dict[str, PositionedSubscriber] | None = None
-        self.request = request
+        # Both made on first use when no hook needed them (the request copies the scope).
+        self._request = request
+        self._context = request.context if request is not None else None
         self.namespace: str = namespace
-        self.context: dict[str, Any] = request.context  # type: ignore[attr-defined]
+
+    @property
+    def request(self) -> UpgradeRequest:
+        """The upgrade request (an HTTP ``Request``); ``request.context`` is ``context``."""
+        if self._request is None:
+            self._request = upgrade_request(self._connection.scope, self.context)
+        return self._request
+
+    @property
+    def context(self) -> dict[str, Any]:
+        """Per-peer data, shared with ``request.context`` (what ``upgrade`` put there)."""
+        if self._context is None:
+            self._context = {}
+        return self._context
+
+    @context.setter
+    def context(self, value: dict[str, Any]) -> None:
+        self._context = value
 
     @property
     def id(self) -> str:
@@ -83,7 +136,7 @@ class Peer:
     @property
     def remote_address(self) -> str | None:
         """The client's IP address, when the server reports it."""
-        client = self.request.scope.get("client")
+        client = self._connection.scope.get("client")
         return client[0] if client else None
 
     @property
@@ -122,15 +175,24 @@ class Peer:
         Await the result to wait until it is written. Safe from any thread.
         After close, data is dropped silently.
         """
+        connection = self._connection
         if data.__class__ is str:  # the common case, without the serialiser
-            return self._connection.queue(Outgoing(data))
-        if not self._connection.is_open:
+            outgoing = Outgoing(data)
+        elif connection.is_open:
+            outgoing = Outgoing.encode(data)
+        else:
             return DONE
-        return self._connection.queue(Outgoing.encode(data))
+        if connection.observed:  # ops or a drain hook see it on the way
+            return connection.queue(outgoing)
+        return connection.put(outgoing, outgoing.size)  # dropped once closing
 
     def deliver(self, outgoing: Outgoing) -> None:
         """The pub/sub entry point: queue an already-encoded publish (any thread)."""
-        self._connection.queue(outgoing)
+        connection = self._connection
+        if connection.observed:
+            connection.queue(outgoing)
+        else:
+            connection.put(outgoing, outgoing.size)
 
     def publish(self, topic: str, data: Any) -> Awaitable[None]:
         """Send ``data`` to every subscriber of ``topic`` in this namespace except this peer."""

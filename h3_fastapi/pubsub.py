@@ -25,7 +25,8 @@ from collections.abc import Awaitable, Generator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from ._hooks import logger
-from ._serialize import to_wire
+from ._serialize import to_text, to_wire
+from ._sse import format_event
 
 __all__ = [
     "Backplane",
@@ -46,7 +47,7 @@ __all__ = [
 class Outgoing:
     """Data encoded once for every receiver: a WebSocket frame or an SSE ``data``."""
 
-    __slots__ = ("_message", "data", "id", "size")
+    __slots__ = ("_event", "_message", "data", "id", "size")
 
     def __init__(self, data: str | bytes, id: str | None = None) -> None:
         self.data = data
@@ -54,6 +55,7 @@ class Outgoing:
         # Event id given by a pub/sub that keeps history (SSE replay), else None.
         self.id = id
         self._message: dict[str, Any] | None = None
+        self._event: bytes | None = None
 
     @classmethod
     def encode(cls, value: Any) -> Outgoing:
@@ -67,15 +69,24 @@ class Outgoing:
         return isinstance(self.data, bytes)
 
     @property
+    def event(self) -> bytes:
+        """The SSE event (``id:`` and ``data:`` lines), encoded once for every stream."""
+        event = self._event
+        if event is None:
+            text = format_event(to_text(self.data), self.id)
+            event = self._event = text.encode("utf-8", "replace")
+        return event
+
+    @property
     def message(self) -> dict[str, Any]:
         """The ASGI ``websocket.send`` event, built once and shared."""
         message = self._message
         if message is None:
             data = self.data
-            if isinstance(data, bytes):
-                message = {"type": "websocket.send", "bytes": data}
-            else:
+            if data.__class__ is str or not isinstance(data, bytes):
                 message = {"type": "websocket.send", "text": data}
+            else:
+                message = {"type": "websocket.send", "bytes": data}
             self._message = message
         return message
 

@@ -18,9 +18,9 @@ import re
 from collections.abc import Awaitable, Callable, Generator, Iterable, KeysView, Mapping
 from typing import Any, TypedDict
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.types import Receive, Send
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from typing_extensions import Unpack
 
@@ -41,7 +41,7 @@ from ._rejection import deny, install_quiet_denials, rejection_for
 from ._responses import exception_to_response, to_response
 from ._typing import hooks_message_type
 from .limits import RateLimit
-from .peer import CloseDetails, Peer
+from .peer import CloseDetails, Peer, UpgradeRequest, upgrade_request
 from .pubsub import PubSub, get_default_pubsub
 
 __all__ = [
@@ -108,30 +108,6 @@ class WebSocketOptions(TypedDict, total=False):
 
 
 _OPTION_NAMES = frozenset(WebSocketOptions.__annotations__)
-
-
-class UpgradeRequest(Request):
-    """The upgrade request as an HTTP ``Request`` (scheme ``http``/``https``).
-
-    ``context`` is the peer's context dict: what ``upgrade`` puts there is on
-    ``peer.context`` (crossws ``request.context``).
-    """
-
-    context: dict[str, Any]
-
-
-async def _empty_receive() -> dict[str, Any]:
-    return {"type": "http.request", "body": b"", "more_body": False}
-
-
-def _upgrade_request(scope: Mapping[str, Any]) -> UpgradeRequest:
-    http_scope = dict(scope)
-    http_scope["type"] = "http"
-    http_scope["scheme"] = "https" if scope.get("scheme") in ("wss", "https") else "http"
-    http_scope.setdefault("method", "GET")
-    request = UpgradeRequest(http_scope, _empty_receive)
-    request.context = {}
-    return request
 
 
 def _hook_dict(source: Any) -> dict[str, Hook]:
@@ -329,21 +305,30 @@ class WebSocketHandler:
     async def __call__(self, *args: Any, **kwargs: Any) -> None:
         """ASGI app (``scope, receive, send``) or FastAPI endpoint (``websocket=``)."""
         if "websocket" in kwargs or (len(args) == 1 and isinstance(args[0], WebSocket)):
+            # FastAPI's endpoint call: served here, one coroutine frame less per peer.
             websocket = kwargs.get("websocket") or args[0]
-            await self.handle(websocket)
-            return
-        scope, receive, send = args
+            receive = getattr(websocket, "_receive", websocket.receive)
+            send = getattr(websocket, "_send", websocket.send)
+            scope = websocket.scope
+        else:
+            scope, receive, send = args
+            websocket = None
         if scope["type"] == "websocket":
-            await self._serve(scope, receive, send, None)
+            connection = await self._accept(scope, receive, send, websocket)
+            if connection is None:
+                return
+            try:  # the handshake's frame is gone by now
+                watch = connection.watch
+                await (connection.run() if watch is None else watch.run(connection))
+            finally:
+                await close_own_stacks(scope)
         elif scope["type"] == "http":
             response = await self.http_response(Request(scope, receive))
             await response(scope, receive, send)
 
     async def handle(self, websocket: WebSocket) -> None:
         """Serve one connection handed over by FastAPI or Starlette."""
-        receive = getattr(websocket, "_receive", websocket.receive)
-        send = getattr(websocket, "_send", websocket.send)
-        await self._serve(websocket.scope, receive, send, websocket)
+        await self(websocket=websocket)
 
     async def http_response(self, request: Request) -> Response:
         """The answer to a plain HTTP request: ``http`` handler or 426."""
@@ -366,116 +351,104 @@ class WebSocketHandler:
             self.pubsub = get_default_pubsub()
         return self.pubsub
 
-    def _origin_allowed(self, request: Request) -> bool:
-        allowed = self.allowed_origins
-        if allowed is None or "*" in allowed:
-            return True
-        origin = request.headers.get("origin")
-        if origin is None:  # not a browser
-            return True
-        return origin.rstrip("/") in allowed
+    def _refusal(self, scope: Scope) -> tuple[str, Response] | None:
+        """Why a connecting client is refused before any hook runs (origin, rate, peer limit).
 
-    async def _serve(
+        The ``max_peers`` slot is taken here, before any await, so concurrent
+        upgrades cannot overshoot; ``None`` means it was taken.
+        """
+        allowed = self.allowed_origins
+        if allowed is not None and "*" not in allowed:
+            origin = next((v for k, v in scope["headers"] if k == b"origin"), None)
+            # No origin: not a browser.
+            if origin is not None and origin.decode("latin-1").rstrip("/") not in allowed:
+                return "origin", PlainTextResponse("Origin not allowed", status_code=403)
+        if self.rate_limit is not None:  # limits.py: connections per client address
+            too_many = self.rate_limit.admit(HTTPConnection(scope))
+            if too_many is not None:
+                return "rate", too_many
+        if not self._peers.reserve(self.max_peers):
+            return "limit", PlainTextResponse("Too many connections", status_code=503)
+        return None
+
+    async def _accept(
         self,
-        scope: Mapping[str, Any],
+        scope: Scope,
         receive: Receive,
         send: Send,
         websocket: WebSocket | None,
-    ) -> None:
+    ) -> _Connection | None:
+        """The handshake: the accepted connection, or ``None`` when it was refused."""
         event = await receive()
         if event["type"] != "websocket.connect":
-            return
-        request = _upgrade_request(scope)
-        refusal = self._refusal(scope, request)
+            return None
+        refusal = self._refusal(scope)
         if refusal is not None:
-            await deny(scope, send, refusal)
-            return
+            if ops.on:
+                ops.rejected(scope, refusal[0])
+            await deny(scope, send, refusal[1])
+            return None
         if "route" in scope:
             self._learn_pattern(scope)
-        connection, websocket = await self._connect(scope, request, receive, send, websocket)
-        if connection is None:
-            return
-        try:
-            watch = connection.watch
-            await (connection.run() if watch is None else watch.run(connection))
-        finally:
-            if websocket is not None:
-                await close_own_stacks(websocket.scope)
-
-    def _refusal(self, scope: Mapping[str, Any], request: Request) -> Response | None:
-        """The answer to an upgrade refused before any hook runs (origin, rate, peer limit).
-
-        ``None``: go on, with a peer slot reserved (before any await, so
-        concurrent upgrades cannot overshoot ``max_peers``).
-        """
-        response: Response | None
-        if not self._origin_allowed(request):
-            reason, response = "origin", PlainTextResponse("Origin not allowed", status_code=403)
-        else:
-            # limits.py: connections per client address
-            reason = "rate"
-            response = self.rate_limit.admit(request) if self.rate_limit is not None else None
-            if response is None and not self._peers.reserve(self.max_peers):
-                reason = "limit"
-                response = PlainTextResponse("Too many connections", status_code=503)
-        if response is not None and ops.on:
-            ops.rejected(scope, reason)
-        return response
-
-    async def _connect(
-        self,
-        scope: Mapping[str, Any],
-        request: UpgradeRequest,
-        receive: Receive,
-        send: Send,
-        websocket: WebSocket | None,
-    ) -> tuple[_Connection | None, WebSocket | None]:
-        """Upgrade, accept, and the connection that will own the peer.
-
-        ``None`` for the connection when the upgrade was rejected or the client
-        left: the reserved slot is released and dependencies are finished.
-        The ``WebSocket`` returned is the one dependencies were solved with.
-        """
         connection = None
         try:
-            hooks, upgrade, websocket = await self._upgrade(request, receive, send, websocket)
+            # The upgrade request (a scope copy) only for a factory or ``upgrade`` to take.
+            request = None
+            if self._hooks is None or self._hooks.upgrade is not None:
+                request = upgrade_request(scope)
+            hooks, upgrade, websocket = await self._upgrade(
+                scope, request, receive, send, websocket
+            )
             if upgrade.rejection is not None:
                 if ops.on:
                     ops.rejected(scope, "upgrade")
                 await deny(scope, send, upgrade.rejection)
-                return None, websocket
-            if upgrade.context:
-                request.context.update(upgrade.context)
-            namespace = upgrade.namespace
-            if namespace is None and self.get_namespace is not None:
-                namespace = await call_maybe_async(self.get_namespace, request)
-            try:
-                await send(upgrade.accept_message())
-            except Exception:  # the client left during the handshake
-                return None, websocket
-            connection = _Connection(
-                request=request,
-                receive=receive,
-                send=send,
-                # The full URL path (crossws); read from the scope, no URL object kept.
-                namespace=namespace or self.namespace or scope["path"],
-                hooks=hooks,
-                peers=self._peers,
-                pubsub=self._pubsub(),
-                send_buffer_limit=self.send_buffer_limit,
-                max_message_size=self.max_message_size,
-                websocket=websocket,
-                protocol=upgrade.protocol,
-                drain_threshold=self.drain_threshold,
-            )
-            if ops.on or self.rate_limit is not None:
-                connection.watch = ops.watch(connection, scope, self.rate_limit)
-            return connection, websocket
+                return None
+            connection = await self._open(scope, receive, send, hooks, upgrade, request, websocket)
+            return connection
         finally:
             if connection is None:
                 self._peers.release()
-                if websocket is not None:
-                    await close_own_stacks(websocket.scope)
+                await close_own_stacks(scope)
+
+    async def _open(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        hooks: Hooks,
+        upgrade: Upgrade,
+        request: UpgradeRequest | None,
+        websocket: WebSocket | None,
+    ) -> _Connection | None:
+        """Accept the handshake ``upgrade`` allowed: the connection, ``None`` if the client left."""
+        if upgrade.context and request is not None:  # a context comes from ``upgrade``
+            request.context.update(upgrade.context)
+        namespace = upgrade.namespace
+        if namespace is None and self.get_namespace is not None:
+            request = request or upgrade_request(scope)
+            namespace = await call_maybe_async(self.get_namespace, request)
+        try:
+            await send(upgrade.accept_message())
+        except Exception:  # the client left during the handshake
+            return None
+        return _Connection(
+            scope=scope,
+            request=request,
+            receive=receive,
+            send=send,
+            # The full URL path (crossws); read from the scope, no URL object kept.
+            namespace=namespace or self.namespace or scope["path"],
+            hooks=hooks,
+            peers=self._peers,
+            pubsub=self._pubsub(),
+            send_buffer_limit=self.send_buffer_limit,
+            max_message_size=self.max_message_size,
+            websocket=websocket,
+            protocol=upgrade.protocol,
+            drain_threshold=self.drain_threshold,
+            rate_limit=self.rate_limit,
+        )
 
     async def _resolve(self, request: UpgradeRequest) -> Hooks:
         """This connection's hooks: the static ones, or what the factory/``resolve`` returns."""
@@ -489,27 +462,32 @@ class WebSocketHandler:
 
     async def _upgrade(
         self,
-        request: UpgradeRequest,
+        scope: Scope,
+        request: UpgradeRequest | None,
         receive: Receive,
         send: Send,
         websocket: WebSocket | None,
     ) -> tuple[Hooks, Upgrade, WebSocket | None]:
         """Resolve this connection's hooks and run ``upgrade``; its result, normalised.
 
+        ``request`` is ``None`` when the hooks are static and have no ``upgrade``.
         The ``WebSocket`` returned is the one dependencies were solved with (if any).
         """
+        if request is None:
+            assert self._hooks is not None
+            return self._hooks, Upgrade(), websocket
         try:
             hooks = await self._resolve(request)
             hook = hooks.upgrade
             if hook is None:
                 return hooks, Upgrade(), websocket
-            route = request.scope.get("route")
+            route = scope.get("route")
             needs = upgrade_dependencies(hook, getattr(route, "path_format", ""))
             if needs is None:  # ``upgrade(request)``: as it always was
                 outcome = await hooks.caller("upgrade")(hook, request)
             else:
-                if websocket is None:
-                    websocket = WebSocket(dict(request.scope, type="websocket"), receive, send)
+                if websocket is None:  # a plain-ASGI mount: its own stack goes in ``scope``
+                    websocket = WebSocket(scope, receive, send)
                 values = await needs.solve(websocket)
                 request.context.update(values)
                 call = needs.bind(hook, request, values)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from typing import Any
 
@@ -219,3 +220,41 @@ async def test_wait_for_drain_inside_open(live_server: Any) -> None:
         frames = [await recv(ws) for _ in range(51)]
     assert [f[:3] for f in frames[:50]] == [f"{i:03d}" for i in range(50)]
     assert frames[50] == "drained in open"
+
+
+async def test_request_and_context_made_on_first_use_are_shared(live_server: Any) -> None:
+    """Without an ``upgrade`` hook the request is made when asked for; ``context`` is its dict."""
+
+    def on_open(peer: Peer) -> None:
+        peer.context["opened"] = True  # before anything made the request
+
+    def on_message(peer: Peer, message: Message) -> Any:
+        request = peer.request
+        same = request is peer.request and request.context is peer.context
+        return peer.send(
+            {
+                "path": request.url.path,
+                "scheme": request.url.scheme,
+                "query": dict(request.query_params),
+                "context": request.context,
+                "same": same,
+                "remote": peer.remote_address,
+            }
+        )
+
+    app = FastAPI()
+    router = H3Router()
+    router.ws("/ws", define_websocket_handler(open=on_open, message=on_message))
+    app.include_router(router)
+    server = live_server(app)
+    async with websockets.connect(server.ws_url + "/ws?a=1") as ws:
+        await ws.send("?")
+        info = json.loads(await recv(ws))
+    assert info == {
+        "path": "/ws",
+        "scheme": "http",
+        "query": {"a": "1"},
+        "context": {"opened": True},
+        "same": True,
+        "remote": "127.0.0.1",
+    }
