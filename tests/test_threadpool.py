@@ -12,9 +12,10 @@ import pytest
 import websockets
 from fastapi import FastAPI
 
-from h3_fastapi import H3Router, Peer
+from h3_fastapi import H3Router, MemoryPubSub, Peer
 from h3_fastapi._compat import worker_thread_loop
 from h3_fastapi._threadpool import ThreadPool
+from h3_fastapi.pubsub import Outgoing
 
 TIMEOUT = 5
 
@@ -178,3 +179,25 @@ async def test_a_hook_thread_knows_its_loop() -> None:
     loop = asyncio.get_running_loop()
     assert await ThreadPool(limit=1).submit(worker_thread_loop) is loop
     assert worker_thread_loop() is None  # on the loop itself: not a worker thread
+
+
+async def test_a_publish_from_a_hook_thread_reaches_subscribers_on_the_loop() -> None:
+    """One hop for the whole fan-out: each subscriber is handed the publish on the loop."""
+    pubsub = MemoryPubSub()
+    loop_thread = threading.get_ident()
+    seen: list[int] = []
+    done = asyncio.Event()
+
+    class Subscriber:
+        namespace = None
+
+        def deliver(self, outgoing: Outgoing) -> None:
+            seen.append(threading.get_ident())
+            if len(seen) == 100:
+                done.set()
+
+    for _ in range(100):
+        pubsub.subscribe("t", Subscriber())
+    await ThreadPool(limit=1).submit(pubsub.publish, "t", "hello")
+    await asyncio.wait_for(done.wait(), TIMEOUT)
+    assert set(seen) == {loop_thread}
