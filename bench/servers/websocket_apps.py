@@ -65,13 +65,19 @@ class EchoJson:
 
 
 class Broadcast:
-    """Subscribers join ``bench``; the publisher's messages go to all of them."""
+    """Subscribers join ``bench``; the publisher's messages go to all of them.
 
-    def open(self, peer: Peer) -> None:
+    ``async def`` hooks, like the Starlette loop they are compared with: a ``def``
+    hook runs in the threadpool (the default), one hop per message, and the
+    fan-out of each publish then happens in its own loop turn instead of
+    batching with the next frames (measured 36k against 51k deliveries/s).
+    """
+
+    async def open(self, peer: Peer) -> None:
         if peer.request.query_params.get("pub") != "1":
             peer.subscribe("bench")
 
-    def message(self, peer: Peer, message: Message) -> None:
+    async def message(self, peer: Peer, message: Message) -> None:
         peer.publish("bench", message.text())
 
 
