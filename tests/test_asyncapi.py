@@ -119,6 +119,7 @@ async def test_served_json_and_page(live_server: Any) -> None:
     assert "<script" not in page.text and "http" not in page.text.split("</style>")[0]
 
 
+@pytest.mark.browser
 def test_page_renders_channels_in_chromium(live_server: Any) -> None:
     need(CHROMIUM.exists(), f"{CHROMIUM} is not installed")
     sync_api = pytest.importorskip("playwright.sync_api")

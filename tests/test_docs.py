@@ -230,6 +230,7 @@ def test_chinese_pages_are_clean_utf8(page: Path) -> None:
 # ---------------------------------------------------------------- 2. build
 
 
+@pytest.mark.slow
 def test_mkdocs_build_strict_has_the_chinese_site(tmp_path: Path) -> None:
     mkdocs = Path(sys.executable).with_name("mkdocs")
     site = tmp_path / "site"
@@ -310,6 +311,7 @@ async def test_getting_started_h3_style(live_server: Any) -> None:
         assert await recv(ws) == "echo me"
 
 
+@pytest.mark.slow  # real time: timers tick in seconds
 async def test_getting_started_sse_countdown(live_server: Any) -> None:
     server = live_server(example("getting_started_sse").app)
     async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as client:
@@ -512,6 +514,7 @@ async def test_ws_limits(live_server: Any) -> None:
 # ---------------------------------------------------------------- 6. testing guide
 
 
+@pytest.mark.slow
 def test_testing_guide_examples_pass_under_pytest() -> None:
     """The guide's test files are real test files: run them as a user would."""
     files = ["docs/examples/testing_testclient.py", "docs/examples/testing_real_server.py"]

@@ -142,6 +142,7 @@ def wait(event: threading.Event, timeout: float, what: str) -> float:
 # --- the seed example ---------------------------------------------------------------
 
 
+@pytest.mark.slow  # real time: timers tick in seconds
 def test_seed_clock_example_streams_and_on_closed_stops_the_timer(
     live_server: Callable[..., LiveServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -86,6 +86,7 @@ def redis() -> Iterator[RedisServer]:
     server.kill()
 
 
+@pytest.mark.redis
 async def test_redis_presence_across_four_processes_and_a_killed_one(redis: RedisServer) -> None:
     env = {"RECOVERY_REDIS_URL": redis.url, "RECOVERY_PREFIX": "pres:"}
     children = [ChildServer("tests.apps.recovery_app:app", free_port(), [], env) for _ in range(4)]

@@ -62,6 +62,7 @@ def proxy_app(target: Callable[[Request], str], **options: Any) -> FastAPI:
 LOOPBACK_FORMS = ["2130706433", "127.1", "0x7f.1", "0177.0.0.1", "0x7f000001", "0", "[::1]"]
 
 
+@pytest.mark.slow  # every host form on both transports, seconds of teardown
 async def test_numeric_host_forms_are_refused(
     transport: str, live_server: Callable[..., LiveServer], upstream: LiveServer
 ) -> None:
@@ -217,6 +218,7 @@ def vm_kib(field: str) -> int:
     raise AssertionError(field)
 
 
+@pytest.mark.slow  # measures RSS
 async def test_decompression_bomb_stays_bounded(
     transport: str, live_server: Callable[..., LiveServer]
 ) -> None:

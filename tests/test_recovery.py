@@ -166,6 +166,7 @@ def two_processes(redis: RedisServer) -> Iterator[list[ChildServer]]:
             child.stop()
 
 
+@pytest.mark.redis
 @pytest.mark.parametrize("missed", [1, 100, 10_000])
 async def test_redis_sse_recovers_on_another_process(
     two_processes: list[ChildServer], missed: int
@@ -180,6 +181,7 @@ async def test_redis_sse_recovers_on_another_process(
     check_exact(got, live, last_id, missed)
 
 
+@pytest.mark.redis
 async def test_redis_flushall_tells_the_client_to_resync(
     two_processes: list[ChildServer], redis: RedisServer
 ) -> None:

@@ -82,6 +82,7 @@ def example(live_server: Any) -> Any:
     return live_server(app)
 
 
+@pytest.mark.slow  # real time: timers tick in seconds
 async def test_memory_resume_watch_and_cancel(example: Any) -> None:
     async with httpx.AsyncClient(base_url=example.url, timeout=TIMEOUT) as client:
         await resume_exactly(client, client)
@@ -136,6 +137,7 @@ def two_workers() -> Iterator[list[ChildServer]]:
         redis.kill()
 
 
+@pytest.mark.redis
 async def test_redis_resume_and_cancel_from_another_worker(two_workers: list[ChildServer]) -> None:
     a, b = two_workers
     async with (
@@ -146,6 +148,7 @@ async def test_redis_resume_and_cancel_from_another_worker(two_workers: list[Chi
         await cancel_elsewhere(first, second)
 
 
+@pytest.mark.browser
 def test_browser_reload_mid_answer_continues_on_another_worker(
     browser: Any, two_workers: list[ChildServer]
 ) -> None:

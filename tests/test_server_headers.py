@@ -27,6 +27,9 @@ APP = "tests.apps.server_headers_app:app"
 UPSTREAM_DATE = "Tue, 01 Jan 2030 00:00:00 GMT"
 UPSTREAM_SERVER = "upstream/1.0"
 
+# Every server people run, each in a child process: the server-matrix tier.
+pytestmark = pytest.mark.matrix
+
 
 def _command(name: str, port: int, tmp: Path) -> list[str]:
     py = sys.executable
