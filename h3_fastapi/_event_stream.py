@@ -165,7 +165,271 @@ class _StreamWriter(Outbox[bytes]):
         return True if self._wake is not None else None
 
 
-class EventStream(Response):
+class _StreamLifetime(Response):
+    """What the server drives of an event stream: its run as an ASGI response, and its end.
+
+    The response starts, a listener watches for the client leaving, the write
+    loop drains the outbox, timers send heartbeats and cut a stuck client, and
+    the end (``_finish``) runs exactly once whatever caused it. ``EventStream``
+    below adds the h3 API on top (``push``, ``subscribe``, ``close``, ...);
+    this split keeps each class one job.
+    """
+
+    request: HTTPConnection
+    ping_interval: float | None
+    send_timeout: float | None
+
+    def _start_lifetime(self, max_buffer: int) -> None:
+        self._state = _NEW
+        self._started = False
+        self._writer = _StreamWriter(max_buffer, self._abort)
+        self._callbacks: list[Callable[[], Any]] = []
+        self._callbacks_run: asyncio.Future[Any] | None = None  # the on_closed callbacks running
+        self._done: asyncio.Future[None] | None = None
+        self._aborting = False
+        self._last_write = 0.0
+        self._timer: asyncio.TimerHandle | None = None  # ping or shutdown deadline
+        self._task: asyncio.Task[Any] | None = None  # the task running the response
+        self._listener: asyncio.Task[Any] | None = None
+        self._pump: asyncio.Future[Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._bind_creator()
+
+    def _ended(self) -> None:
+        """Called once by ``_finish``, for what the stream's own API must undo (topics)."""
+
+    def _start_producer(self) -> None:
+        """Called when the response starts; an ``@event_stream`` starts its generator here."""
+
+    def _bind_creator(self) -> None:
+        """Learn the loop, and arrange to close if the stream is never returned.
+
+        In a coroutine, the stream closes when the task that made it (the
+        request) ends without having sent it. In a worker thread (a plain
+        ``def`` endpoint), a listener waits for the request to end instead.
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            found = worker_thread_loop()
+            if found is None:
+                return
+            self._loop = found
+            self._writer.bind(found, _loop_thread(found))
+            receive = getattr(self.request, "receive", None)
+            if receive is not None:
+                found.call_soon_threadsafe(self._start_listener, receive)
+            return
+        self._loop = loop
+        self._writer.bind(loop)
+        task = asyncio.current_task()
+        if task is not None:
+            task.add_done_callback(self._creator_done)
+
+    def _creator_done(self, task: asyncio.Task[Any]) -> None:
+        if not self._started:
+            self._finish()
+
+    async def _wait_closed(self) -> None:
+        if self._done is not None and not self._done.done():
+            await asyncio.shield(self._done)
+
+    def _abort(self) -> None:
+        """End now, dropping what is queued; interrupt a write that is stuck."""
+        if self._state is _CLOSED:
+            return
+        stuck = self._writer.writing
+        self._finish()
+        task = self._task
+        if stuck and task is not None and not task.done():
+            self._aborting = True
+            task.cancel()
+
+    def _finish(self) -> None:
+        """Mark the stream ended, free its buffers, leave its topics, run ``on_closed``."""
+        if self._state is _CLOSED or self._writer.hop(self._finish):
+            return
+        self._state = _CLOSED
+        self._writer.shut()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._ended()
+        current = _current_task()
+        for task in (self._pump, self._listener):
+            if task is not None and task is not current and not task.done():
+                task.cancel()
+        if self._started:
+            _shutdown.remove_server_exit(self)
+            if ops.on:
+                ops.stream_closed(self)
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
+        callbacks, self._callbacks = self._callbacks, []
+        self._run_callbacks(callbacks)
+
+    def _run_callbacks(self, callbacks: list[Callable[[], Any]]) -> None:
+        if not callbacks:
+            return
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:  # no loop at all: sync callbacks still run
+                _call_all_sync(callbacks)
+                return
+        elif self._writer.hop(self._run_callbacks, callbacks):
+            return
+        self._callbacks_run = spawn(_call_all(callbacks), what="event stream on_closed callbacks")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._started:
+            raise RuntimeError("this EventStream was already sent; make one per request")
+        self._started = True
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._writer.bind(loop)
+        self._task = asyncio.current_task()
+        self._done = loop.create_future()
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
+            )
+            self._last_write = loop.time()
+            if scope.get("method") == "HEAD" or self._state is _CLOSED:
+                # Headers only (HEAD), or ended before it was sent (overflow).
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            else:
+                await self._stream(receive, send, loop)
+        except asyncio.CancelledError:
+            if not self._aborting:
+                self._finish()
+                if self.background is not None:  # cancelled: run them beside, not here
+                    spawn(self._run_background(), what="event stream background tasks")
+                raise
+            self._aborting = False
+            uncancel()
+        except Exception as exc:  # the transport failed: the client is gone
+            logger.debug("h3_fastapi: event stream send failed: %r", exc)
+        finally:
+            self._finish()
+            listener = self._listener
+            if listener is not None and not listener.done():
+                listener.cancel()
+        # However the stream ended (client gone, close, shutdown), as StreamingResponse does.
+        if self.background is not None:
+            await self._run_background()
+
+    async def _run_background(self) -> None:
+        """Run the response's ``background`` tasks once, after the ``on_closed`` callbacks."""
+        background, self.background = self.background, None
+        if background is None:
+            return
+        callbacks = self._callbacks_run
+        if callbacks is not None and not callbacks.done():
+            await asyncio.wait({callbacks})
+        try:
+            await background()
+        except Exception:
+            logger.exception("h3_fastapi: event stream background task raised")
+
+    async def _stream(self, receive: Receive, send: Send, loop: asyncio.AbstractEventLoop) -> bool:
+        """Start the helpers (listener, heartbeat, generator) and write until closed."""
+        if self._state is _NEW:
+            self._state = _OPEN
+        if ops.on:
+            ops.stream_opened(self)
+        _shutdown.on_server_exit(self, self._server_exit)
+        if self._listener is None or self._listener.done():
+            self._listener = loop.create_task(self._listen(receive))
+        if self.ping_interval:
+            self._timer = loop.call_later(self.ping_interval, self._ping_due)
+        self._start_producer()
+        if self.send_timeout is not None:
+            send = _timed(send, self.send_timeout, self._send_timed_out)
+        return await self._write_loop(send, loop)
+
+    async def _write_loop(self, send: Send, loop: asyncio.AbstractEventLoop) -> bool:
+        """Drain the outbox until closed; ``True`` when the response was ended normally."""
+        writer = self._writer
+        writer.start(send)
+        while self._state is not _CLOSED:
+            if writer.pending:
+                await writer.write_pending()
+                self._last_write = loop.time()
+            elif self._state is _CLOSING and not writer.writing:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return True
+            else:
+                await writer.park()
+        return False
+
+    async def _listen(self, receive: Receive) -> None:
+        """Wait for ``http.disconnect`` (client gone, or the request ended unsent)."""
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    break
+        except Exception as exc:
+            logger.debug("h3_fastapi: event stream receive failed: %r", exc)
+            if not self._started:
+                return  # nothing to watch with; the response will listen itself
+        self._abort()
+
+    def _ping_due(self) -> None:
+        self._timer = None
+        interval = self.ping_interval
+        loop = self._loop
+        if self._state is not _OPEN or not interval or loop is None:
+            return
+        idle = loop.time() - self._last_write
+        if idle >= interval * 0.99 and not self._writer.buffered and not self._writer.writing:
+            self._writer.queue(_PING, True)
+            delay = interval
+        else:
+            delay = max(interval - idle, interval * 0.01)
+        if self._state is _OPEN:
+            self._timer = loop.call_later(delay, self._ping_due)
+
+    def _send_timed_out(self) -> None:
+        if self._state is not _CLOSED:
+            logger.warning(
+                "h3_fastapi: event stream write blocked over send_timeout=%ss, closing",
+                self.send_timeout,
+            )
+            self._abort()
+
+    def _server_exit(self) -> Awaitable[None] | None:
+        """Server shutdown: end gracefully, but cut a client that is not reading."""
+        if self._state is _CLOSED or self._loop is None:
+            return None
+        self._close()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_later(SHUTDOWN_FLUSH_TIMEOUT, self._abort)
+        return self._wait_closed()
+
+    def _start_listener(self, receive: Receive) -> None:
+        if self._listener is None and self._state is not _CLOSED and self._loop is not None:
+            self._listener = self._loop.create_task(self._listen(receive))
+
+    def _close(self) -> None:
+        """End after what is queued (held data too); the write loop sends the end."""
+        if self._state in _ENDED:
+            return
+        writer = self._writer
+        writer.paused = False
+        writer.release_held()
+        self._state = _CLOSING
+        writer.end()
+
+
+class EventStream(_StreamLifetime):
     """A Server-Sent Events response (h3's ``EventStream``).
 
     Create it from the request, return it from the endpoint (or
@@ -220,50 +484,7 @@ class EventStream(Response):
         self.max_buffer = max_buffer
         self.send_timeout = send_timeout
         self._pubsub = pubsub
-        self._state = _NEW
-        self._started = False
-        self._writer = _StreamWriter(max_buffer, self._abort)
-        self._callbacks: list[Callable[[], Any]] = []
-        self._callbacks_run: asyncio.Future[Any] | None = None  # the on_closed callbacks running
-        self._done: asyncio.Future[None] | None = None
-        self._aborting = False
-        self._last_write = 0.0
-        self._timer: asyncio.TimerHandle | None = None  # ping or shutdown deadline
-        self._task: asyncio.Task[Any] | None = None  # the task running the response
-        self._listener: asyncio.Task[Any] | None = None
-        self._producer: AsyncIterator[Any] | None = None
-        self._pump: asyncio.Future[Any] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._bind_creator()
-
-    def _bind_creator(self) -> None:
-        """Learn the loop, and arrange to close if the stream is never returned.
-
-        In a coroutine, the stream closes when the task that made it (the
-        request) ends without having sent it. In a worker thread (a plain
-        ``def`` endpoint), a listener waits for the request to end instead.
-        """
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            found = worker_thread_loop()
-            if found is None:
-                return
-            self._loop = found
-            self._writer.bind(found, _loop_thread(found))
-            receive = getattr(self.request, "receive", None)
-            if receive is not None:
-                found.call_soon_threadsafe(self._start_listener, receive)
-            return
-        self._loop = loop
-        self._writer.bind(loop)
-        task = asyncio.current_task()
-        if task is not None:
-            task.add_done_callback(self._creator_done)
-
-    def _creator_done(self, task: asyncio.Task[Any]) -> None:
-        if not self._started:
-            self._finish()
+        self._start_lifetime(max_buffer)
 
     def __repr__(self) -> str:
         state = self._state.name.lower()
@@ -413,14 +634,13 @@ class EventStream(Response):
             return DONE
         return _Closed(self._wait_closed)
 
-    def _close(self) -> None:
-        if self.is_closed:
-            return
-        writer = self._writer
-        writer.paused = False
-        writer.release_held()
-        self._state = _CLOSING
-        writer.end()
+    def _ended(self) -> None:
+        """Leave every topic when the stream ends."""
+        if self.topics:
+            pubsub = self.pubsub
+            for topic in self.topics:
+                pubsub.unsubscribe(topic, self)
+            self.topics.clear()
 
     def on_closed(self, callback: Callable[[], Any]) -> Callable[[], Any]:
         """Run ``callback()`` (sync or async) once when the stream ends, for any reason.
@@ -442,198 +662,16 @@ class EventStream(Response):
         """This stream, for the h3 1.x style ``return stream.send()``."""
         return self
 
-    async def _wait_closed(self) -> None:
-        if self._done is not None and not self._done.done():
-            await asyncio.shield(self._done)
 
-    def _abort(self) -> None:
-        """End now, dropping what is queued; interrupt a write that is stuck."""
-        if self._state is _CLOSED:
-            return
-        stuck = self._writer.writing
-        self._finish()
-        task = self._task
-        if stuck and task is not None and not task.done():
-            self._aborting = True
-            task.cancel()
+class _GeneratorStream(EventStream):
+    """The stream of an ``@event_stream`` endpoint: pushes what its generator yields."""
 
-    def _finish(self) -> None:
-        """Mark the stream ended, free its buffers, leave its topics, run ``on_closed``."""
-        if self._state is _CLOSED or self._writer.hop(self._finish):
-            return
-        self._state = _CLOSED
-        self._writer.shut()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self.topics:
-            pubsub = self.pubsub
-            for topic in self.topics:
-                pubsub.unsubscribe(topic, self)
-            self.topics.clear()
-        current = _current_task()
-        for task in (self._pump, self._listener):
-            if task is not None and task is not current and not task.done():
-                task.cancel()
-        if self._started:
-            _shutdown.remove_server_exit(self)
-            if ops.on:
-                ops.stream_closed(self)
-        if self._done is not None and not self._done.done():
-            self._done.set_result(None)
-        callbacks, self._callbacks = self._callbacks, []
-        self._run_callbacks(callbacks)
+    def __init__(self, request: HTTPConnection, producer: AsyncIterator[Any], **options: Any):
+        super().__init__(request, **options)
+        self._producer = producer
 
-    def _run_callbacks(self, callbacks: list[Callable[[], Any]]) -> None:
-        if not callbacks:
-            return
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            try:
-                asyncio.get_running_loop()
-            except RuntimeError:  # no loop at all: sync callbacks still run
-                _call_all_sync(callbacks)
-                return
-        elif self._writer.hop(self._run_callbacks, callbacks):
-            return
-        self._callbacks_run = spawn(_call_all(callbacks), what="event stream on_closed callbacks")
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self._started:
-            raise RuntimeError("this EventStream was already sent; make one per request")
-        self._started = True
-        loop = asyncio.get_running_loop()
-        self._loop = loop
-        self._writer.bind(loop)
-        self._task = asyncio.current_task()
-        self._done = loop.create_future()
-        try:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": self.status_code,
-                    "headers": self.raw_headers,
-                }
-            )
-            self._last_write = loop.time()
-            if scope.get("method") == "HEAD" or self._state is _CLOSED:
-                # Headers only (HEAD), or ended before it was sent (overflow).
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-            else:
-                await self._stream(receive, send, loop)
-        except asyncio.CancelledError:
-            if not self._aborting:
-                self._finish()
-                if self.background is not None:  # cancelled: run them beside, not here
-                    spawn(self._run_background(), what="event stream background tasks")
-                raise
-            self._aborting = False
-            uncancel()
-        except Exception as exc:  # the transport failed: the client is gone
-            logger.debug("h3_fastapi: event stream send failed: %r", exc)
-        finally:
-            self._finish()
-            listener = self._listener
-            if listener is not None and not listener.done():
-                listener.cancel()
-        # However the stream ended (client gone, close, shutdown), as StreamingResponse does.
-        if self.background is not None:
-            await self._run_background()
-
-    async def _run_background(self) -> None:
-        """Run the response's ``background`` tasks once, after the ``on_closed`` callbacks."""
-        background, self.background = self.background, None
-        if background is None:
-            return
-        callbacks = self._callbacks_run
-        if callbacks is not None and not callbacks.done():
-            await asyncio.wait({callbacks})
-        try:
-            await background()
-        except Exception:
-            logger.exception("h3_fastapi: event stream background task raised")
-
-    async def _stream(self, receive: Receive, send: Send, loop: asyncio.AbstractEventLoop) -> bool:
-        """Start the helpers (listener, heartbeat, generator) and write until closed."""
-        if self._state is _NEW:
-            self._state = _OPEN
-        if ops.on:
-            ops.stream_opened(self)
-        _shutdown.on_server_exit(self, self._server_exit)
-        if self._listener is None or self._listener.done():
-            self._listener = loop.create_task(self._listen(receive))
-        if self.ping_interval:
-            self._timer = loop.call_later(self.ping_interval, self._ping_due)
-        if self._producer is not None:
-            self._pump = spawn(self._run_producer(self._producer), what="@event_stream generator")
-        if self.send_timeout is not None:
-            send = _timed(send, self.send_timeout, self._send_timed_out)
-        return await self._write_loop(send, loop)
-
-    async def _write_loop(self, send: Send, loop: asyncio.AbstractEventLoop) -> bool:
-        """Drain the outbox until closed; ``True`` when the response was ended normally."""
-        writer = self._writer
-        writer.start(send)
-        while self._state is not _CLOSED:
-            if writer.pending:
-                await writer.write_pending()
-                self._last_write = loop.time()
-            elif self._state is _CLOSING and not writer.writing:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-                return True
-            else:
-                await writer.park()
-        return False
-
-    async def _listen(self, receive: Receive) -> None:
-        """Wait for ``http.disconnect`` (client gone, or the request ended unsent)."""
-        try:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    break
-        except Exception as exc:
-            logger.debug("h3_fastapi: event stream receive failed: %r", exc)
-            if not self._started:
-                return  # nothing to watch with; the response will listen itself
-        self._abort()
-
-    def _ping_due(self) -> None:
-        self._timer = None
-        interval = self.ping_interval
-        loop = self._loop
-        if self._state is not _OPEN or not interval or loop is None:
-            return
-        idle = loop.time() - self._last_write
-        if idle >= interval * 0.99 and not self._writer.buffered and not self._writer.writing:
-            self._queue(_PING, True)
-            delay = interval
-        else:
-            delay = max(interval - idle, interval * 0.01)
-        if self._state is _OPEN:
-            self._timer = loop.call_later(delay, self._ping_due)
-
-    def _send_timed_out(self) -> None:
-        if self._state is not _CLOSED:
-            logger.warning(
-                "h3_fastapi: event stream write blocked over send_timeout=%ss, closing",
-                self.send_timeout,
-            )
-            self._abort()
-
-    def _server_exit(self) -> Awaitable[None] | None:
-        """Server shutdown: end gracefully, but cut a client that is not reading."""
-        if self._state is _CLOSED or self._loop is None:
-            return None
-        self._close()
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self._loop.call_later(SHUTDOWN_FLUSH_TIMEOUT, self._abort)
-        return self._wait_closed()
-
-    def _start_listener(self, receive: Receive) -> None:
-        if self._listener is None and self._state is not _CLOSED and self._loop is not None:
-            self._listener = self._loop.create_task(self._listen(receive))
+    def _start_producer(self) -> None:
+        self._pump = spawn(self._run_producer(self._producer), what="@event_stream generator")
 
     async def _run_producer(self, producer: AsyncIterator[Any]) -> None:
         """Push what an ``@event_stream`` generator yields; close it when the stream ends."""
@@ -659,14 +697,6 @@ class EventStream(Response):
                     logger.exception("h3_fastapi: closing the event stream generator failed")
             if not self.is_closed:
                 self._close()
-
-
-class _GeneratorStream(EventStream):
-    """The stream of an ``@event_stream`` endpoint: pushes what its generator yields."""
-
-    def __init__(self, request: HTTPConnection, producer: AsyncIterator[Any], **options: Any):
-        super().__init__(request, **options)
-        self._producer = producer
 
 
 def _timed(send: Send, seconds: float, on_timeout: Callable[[], None]) -> Send:

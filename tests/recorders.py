@@ -16,6 +16,7 @@ import asyncio
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -145,3 +146,19 @@ class Subscriber(Recorded[Outgoing]):
         if not await self.wait_async(lambda: len(self.items) >= count, timeout):
             raise AssertionError(f"got {len(self.items)} of {count}: {self.data[-5:]}")
         return self.data
+
+
+async def eventually(
+    check: Callable[[], Any], what: str, timeout: float = 10, interval: float = 0.02
+) -> Any:
+    """Poll ``check`` (sync or async) until it returns something truthy, or fail loudly."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)

@@ -32,8 +32,9 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from h3_fastapi.pubsub import get_default_pubsub
 from tests.conftest import ROOT
-from tests.recorders import LogWatcher
+from tests.recorders import LogWatcher, eventually
 
 DOCS = ROOT / "docs"
 EXAMPLES = DOCS / "examples"
@@ -619,18 +620,22 @@ async def test_from_h3_peer_and_message(from_h3: Any) -> None:
 
 
 async def test_from_h3_pubsub(from_h3: Any) -> None:
-    _, server = from_h3
+    module, server = from_h3
     url = server.ws_url + "/chat"
-    async with websockets.connect(url) as a, websockets.connect(url) as b:
-        # a (subscribed in its sync open hook before b connected) hears b join
-        assert re.fullmatch(r"\[system\] \S{36} joined!", await recv(a))
-        await b.send("hi all")
-        assert await recv(a) == "hi all"
-        async with httpx.AsyncClient(base_url=server.url) as client:
-            assert (await client.post("/announce")).json() == {"ok": True}
-        for ws in (a, b):
-            assert await recv(ws) == "from the handler"
-            assert await recv(ws) == "from anywhere"
+    pubsub = module.chat.pubsub or get_default_pubsub()
+    async with websockets.connect(url) as a:
+        # ``join`` is a sync hook, so it runs in the threadpool: b comes once a is in.
+        await eventually(lambda: pubsub.subscribers("chat"), "the first peer's open hook")
+        async with websockets.connect(url) as b:
+            # a (subscribed before b connected) hears b join
+            assert re.fullmatch(r"\[system\] \S{36} joined!", await recv(a))
+            await b.send("hi all")
+            assert await recv(a) == "hi all"
+            async with httpx.AsyncClient(base_url=server.url) as client:
+                assert (await client.post("/announce")).json() == {"ok": True}
+            for ws in (a, b):
+                assert await recv(ws) == "from the handler"
+                assert await recv(ws) == "from anywhere"
 
 
 async def test_from_h3_event_stream(from_h3: Any) -> None:

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -53,6 +53,7 @@ from tests.cross_process import (
     ws_connect,
 )
 from tests.recorders import Subscriber as Recorder
+from tests.recorders import eventually
 from tests.services import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -80,22 +81,6 @@ def own_redis() -> Iterator[RedisServer]:
     server = RedisServer().start()
     yield server
     server.kill()
-
-
-async def eventually(
-    check: Callable[[], Any], what: str, timeout: float = TIMEOUT, interval: float = 0.02
-) -> Any:
-    """Poll ``check`` (sync or async) until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 @contextlib.asynccontextmanager
