@@ -108,7 +108,9 @@ def build_app(registry: CollectorRegistry, closed: Closed, dead_port: int) -> Fa
         for _ in range(3):
             peer.send("x" * 600)
 
-    h3.ws("/slow", open=flood, close=closed.close, send_buffer_limit=1000)
+    # On the loop: from the threadpool each send would hop on its own, and the writer
+    # could take the first frame before the third is queued (no overflow).
+    h3.ws("/slow", open=flood, close=closed.close, send_buffer_limit=1000, sync_hooks="loop")
     app.include_router(h3)
 
     @app.get("/events")
@@ -172,7 +174,7 @@ async def test_scripted_session_exact_counts(live_server: Any, registry: Collect
             async with connect(f"{ws}/slow") as slow:
                 with pytest.raises(ConnectionClosed) as info:
                     while True:
-                        await slow.recv()
+                        await asyncio.wait_for(slow.recv(), TIMEOUT)
                 assert info.value.rcvd is not None and info.value.rcvd.code == 1013
             await closed.reach(2)
 
