@@ -170,12 +170,12 @@ async def test_app_exception_handler_is_used(live_server: Any) -> None:
 
     @custom.exception_handler(HTTPException)
     async def teapot(request: Any, exc: HTTPException) -> PlainTextResponse:
-        return PlainTextResponse(f"custom {exc.status_code}", status_code=499)
+        return PlainTextResponse(f"custom {exc.status_code}", status_code=451)
 
     custom.include_router(router)
     server = live_server(custom)
     response = await rejected(server.ws_url + "/v1/rooms/blue")
-    assert response.status_code == 499
+    assert response.status_code == 451
     assert response.body == b"custom 401"
 
 
