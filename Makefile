@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
 # The fast tier: every test without a slow-tier marker (see pyproject.toml).
-FAST_TIER := not (redis or browser or matrix or autobahn or soak or slow or backplanes)
+FAST_TIER := not (redis or browser or matrix or autobahn or soak or slow or backplanes or serial)
 export FAST_TIER
 
 .PHONY: run check test lint typecheck pytest pytest-fast matrix docs docs-serve bench system-deps asyncapi-schema autobahn clean

@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-FAST_TIER=${FAST_TIER:-"not (redis or browser or matrix or autobahn or soak or slow or backplanes)"}
+FAST_TIER=${FAST_TIER:-"not (redis or browser or matrix or autobahn or soak or slow or backplanes or serial)"}
 DEFAULT_PYTHON=${DEFAULT_PYTHON:-.venv/bin/python}
 # The floors the `lowest` run pins: every one must be a `name>=X` in pyproject.toml.
 FLOOR_PACKAGES=(fastapi starlette httpx aiohttp redis uvicorn websockets)
