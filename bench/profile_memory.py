@@ -12,6 +12,7 @@ import asyncio
 import gc
 import importlib
 import json
+import os
 import subprocess
 import sys
 import tracemalloc
@@ -102,6 +103,15 @@ async def main(target: str, connections: int, path: str) -> None:
     print("by file (bytes per connection):")
     for filename, size in sorted(by_file.items(), key=lambda kv: -kv[1])[:12]:
         print(f"  {size:8.1f}  {filename.replace(str(ROOT) + '/', '')}")
+    dump = os.environ.get("H3_PROFILE_JSON")
+    if dump:  # every line, to compare two apps (``python -m bench.profile_summary``)
+        lines = {
+            f"{s.traceback[0].filename}:{s.traceback[0].lineno}": s.size_diff / connections
+            for s in stats
+            if s.size_diff
+        }
+        with open(dump, "w") as out:
+            json.dump(lines, out, indent=0)
 
 
 if __name__ == "__main__":

@@ -158,6 +158,34 @@ _WEBSOCKET_SIGNATURE = inspect.Signature(
 )
 
 
+def _serve_route_directly(route: Any, handler: WebSocketHandler) -> None:
+    """Let a FastAPI route without dependencies call ``handler`` as plain ASGI from now on.
+
+    FastAPI's WebSocket route wraps every connection in a ``WebSocket``, two
+    ``AsyncExitStack``s, exception handling and a dependency solve, and keeps
+    them for the connection's life: about 6 KiB per idle peer. For a route
+    with no dependencies (its own, its router's or ``include_router``'s) and
+    no parameters, none of that does anything for a handler, which maps
+    exceptions and solves its ``upgrade`` hook's dependencies itself. The route
+    is the one FastAPI built for the app (after every ``include_router``), so
+    it is only known from its first connection; a route with dependencies
+    keeps FastAPI's wrapper for every connection.
+    """
+    dependant = getattr(route, "dependant", None)
+    if dependant is None or getattr(route, "endpoint", None) is not handler:
+        return
+    if (
+        dependant.dependencies
+        or dependant.path_params
+        or dependant.query_params
+        or dependant.header_params
+        or dependant.cookie_params
+        or dependant.body_params
+    ):
+        return
+    route.app = handler
+
+
 class WebSocketHandler:
     """A WebSocket endpoint built from crossws-style hooks.
 
@@ -310,6 +338,7 @@ class WebSocketHandler:
             receive = getattr(websocket, "_receive", websocket.receive)
             send = getattr(websocket, "_send", websocket.send)
             scope = websocket.scope
+            _serve_route_directly(scope.get("route"), self)
         else:
             scope, receive, send = args
             websocket = None

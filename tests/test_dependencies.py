@@ -209,3 +209,65 @@ async def test_rejections_are_quiet_but_broken_apps_are_not(live_server: Any, ws
         assert "ASGI callable returned without completing handshake." in records.messages
     finally:
         logging.getLogger("uvicorn.error").removeHandler(records)
+
+
+# --- FastAPI's per-connection wrapper is skipped only where nothing needs it --------
+
+routes_seen: list[Any] = []
+key_checks: list[str | None] = []
+
+
+def counted_key(x_key: Annotated[str | None, Header()] = None) -> None:
+    key_checks.append(x_key)
+    if x_key != "k":
+        raise HTTPException(401, "no key")
+
+
+plain = H3Router()
+
+
+@plain.ws("/plain")
+class Plain:
+    def upgrade(self, request: Any) -> None:
+        routes_seen.append(request.scope.get("route"))
+
+    async def message(self, peer: Peer, message: Any) -> None:
+        await peer.send(message.text())
+
+
+direct_app = FastAPI()
+direct_app.include_router(plain)
+direct_app.include_router(plain, prefix="/guarded", dependencies=[Depends(counted_key)])
+
+
+async def echo_once(url: str, **kwargs: Any) -> str:
+    async with websockets.connect(url, **kwargs) as ws:
+        await ws.send("ping")
+        return str(await asyncio.wait_for(ws.recv(), TIMEOUT))
+
+
+async def test_route_without_dependencies_is_served_without_fastapi_wrapper(
+    live_server: Any,
+) -> None:
+    routes_seen.clear()
+    key_checks.clear()
+    server = live_server(direct_app)
+    for _ in range(3):
+        assert await echo_once(server.ws_url + "/plain") == "ping"
+    route = routes_seen[0]
+    assert all(seen is route for seen in routes_seen)
+    # From the second connection on, the route calls the handler as plain ASGI.
+    assert route.app is route.endpoint
+
+    # include_router's dependencies keep FastAPI's wrapper: they run for every connection.
+    for _ in range(3):
+        assert (
+            await echo_once(server.ws_url + "/guarded/plain", additional_headers={"x-key": "k"})
+            == "ping"
+        )
+    response = await rejected(server.ws_url + "/guarded/plain")
+    assert response.status_code == 401
+    assert key_checks == ["k", "k", "k", None]
+    guarded = routes_seen[-1]
+    assert guarded is not route
+    assert guarded.app is not guarded.endpoint
