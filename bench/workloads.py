@@ -267,7 +267,7 @@ def _measure_broadcast(
 
 BROADCAST = Workload(
     key="broadcast",
-    title="Broadcast, 1,000 subscribers x 100 messages",
+    title="Broadcast, 1,000 and 10,000 subscribers",
     unit="deliveries/s",
     higher_is_better=True,
     variants=[
@@ -276,11 +276,21 @@ BROADCAST = Workload(
         _ws("starlette", "Starlette loop over a set", "starlette", "/broadcast"),
         _ws_node("/broadcast"),
     ],
-    cases=[Case("1000 x 100", {"subscribers": 1000, "messages": 100, "warmup": 10})],
+    cases=[
+        Case("1000 x 100", {"subscribers": 1000, "messages": 100, "warmup": 10}),
+        Case(
+            "10000 x 20",
+            {"subscribers": 10000, "messages": 20, "warmup": 3},
+            {"subscribers": 3000},
+        ),
+    ],
     targets=[
         Target(
             "broadcast >= 1.2x the Starlette loop", "1000 x 100", "h3-fastapi", "starlette", 1.2
         ),
+        # Issue 19: ahead of h3 on Node, at 1,000 and at 10,000 subscribers.
+        Target("broadcast (1,000) >= 1.2x h3 on Node", "1000 x 100", "h3-fastapi", "node-h3", 1.2),
+        Target("broadcast (10,000) >= 1.2x h3 on Node", "10000 x 20", "h3-fastapi", "node-h3", 1.2),
         Target(
             "broadcast, metrics on >= 0.95x metrics off",
             "1000 x 100",
@@ -291,10 +301,11 @@ BROADCAST = Workload(
     ],
     measure=_measure_broadcast,
     describe=(
-        "1,000 subscribers; a publisher connection sends 100 messages back to back and the"
-        " server relays each to every subscriber (h3-fastapi `peer.publish`, crossws"
-        " `peer.publish`, Starlette `for ws in sockets: await ws.send_text(m)`)."
-        " Deliveries per second from the first send until every subscriber has all 100."
+        "1,000 subscribers and a publisher connection that sends 100 messages back to back"
+        " (or 10,000 subscribers and 20 messages); the server relays each to every"
+        " subscriber (h3-fastapi `peer.publish`, crossws `peer.publish`, Starlette"
+        " `for ws in sockets: await ws.send_text(m)`). Deliveries per second from the first"
+        " send until every subscriber has them all."
     ),
 )
 

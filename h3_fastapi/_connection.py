@@ -259,6 +259,10 @@ class _Connection(Outbox[Outgoing]):
         self.scope = scope
         self.receive = receive
         self.send = send
+        # ``peer.send`` writes in the caller's turn when nothing is queued
+        # (``Outbox.write``). Only for an ``async def`` send (every server's we
+        # know); another awaitable is not stepped by hand.
+        self._eager = inspect.iscoroutinefunction(send)
         self.websocket = websocket
         self.hooks = hooks
         self.in_thread = "message" in hooks.threaded
@@ -469,16 +473,18 @@ class _Connection(Outbox[Outgoing]):
             self.topics = set()
         return self.topics
 
-    def queue(self, outgoing: Outgoing) -> Awaitable[None]:
+    def queue(self, outgoing: Outgoing, now: bool = False) -> Awaitable[None]:
         """Queue an encoded frame unless closing, seen by ops and the drain hook; any thread.
 
-        ``Peer`` comes here only when ``observed``; else it calls ``put`` directly.
+        ``Peer`` comes here only when ``observed``; else it calls ``write`` (``now``)
+        or ``put`` directly.
         """
         if self.state is not _OPEN:
             return DONE
         if self.watch is not None:  # ops
             self.watch.sent(outgoing)
-        written = self.put(outgoing, outgoing.size)
+        size = outgoing.size
+        written = self.write(outgoing, size) if now else self.put(outgoing, size)
         if self.drain_at is not None and self._buffered >= self.drain_at:
             self._drain_armed = True
         return written

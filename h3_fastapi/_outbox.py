@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import types
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any, ClassVar, Generic, TypeVar
@@ -34,6 +35,41 @@ _get_ident = threading.get_ident
 
 async def _not_started(message: Any) -> None:
     raise RuntimeError("this outbox has no ASGI send yet")
+
+
+class _Rest:
+    """The rest of a server ``send`` that ``_write_now`` started and that had to wait."""
+
+    __slots__ = ("rest", "size")
+
+    def __init__(self, rest: Awaitable[None], size: int) -> None:
+        self.rest = rest
+        self.size = size
+
+
+@types.coroutine
+def _resume(coro: Any, yielded: Any) -> Generator[Any, Any, None]:
+    """Await the rest of ``coro``, whose first step already ran and yielded ``yielded``.
+
+    What ``await coro`` does from there: what ``coro`` yields goes to the task,
+    and what the task sends or throws in (cancellation) goes back into it.
+    """
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration:
+                return
 
 
 class Outbox(Generic[Item]):
@@ -53,6 +89,7 @@ class Outbox(Generic[Item]):
         "_closed",
         "_drain_armed",
         "_drainers",
+        "_eager",
         "_ending",
         "_hold_wake",
         "_in_flight",
@@ -89,6 +126,9 @@ class Outbox(Generic[Item]):
         # Set by ``end``: no more puts, and the writer looks again after each write.
         self._ending = False
         self.send: Callable[[Any], Awaitable[None]] = _not_started
+        # Set by the owner: ``write`` writes at once when idle (``_write_now``); ``send``
+        # must then be a coroutine function.
+        self._eager = False
         self._loop = loop
         self._thread = threading.get_ident() if loop is not None else 0
 
@@ -156,6 +196,46 @@ class Outbox(Generic[Item]):
             self._loop.call_soon(self._deferred_wake)  # type: ignore[union-attr]
         return Written(self, queued)
 
+    def write(self, item: Item, size: int) -> Awaitable[None]:
+        """Write ``item`` now if nothing is queued and nobody is writing, else ``put`` it.
+
+        For a reply to one peer: the frame goes out in the caller's turn, and
+        no task is woken. A fan-out to many peers uses ``put``: each peer's
+        writer then sends what several publishes queued for it in one go,
+        which keeps the server's per-connection state warm (measured: writing
+        at once costs 1.4x the CPU per delivery in a 100-message broadcast).
+        """
+        if self._thread != _get_ident() and self.hop(self.write, item, size):
+            return DONE
+        if self._eager and not (self._items or self._writing or self._ending):
+            return self._write_now(item, size)
+        return self.put(item, size)
+
+    def _write_now(self, item: Item, size: int) -> Awaitable[None]:
+        """Write ``item`` in the caller's turn: nothing is queued and nobody is writing.
+
+        The server's ``send`` coroutine is stepped here, not awaited: with room
+        in the socket buffer it completes at once (the frame is written).
+        If it has to wait (flow control), the rest of it is queued as the
+        first item, for the writer to await.
+        """
+        queued = self._queued = self._queued + 1
+        send = self.send(self._to_message(item))
+        try:
+            yielded = send.send(None)  # type: ignore[attr-defined]
+        except StopIteration:
+            self._written += 1
+            return DONE
+        except Exception as exc:
+            self._written += 1
+            if not self._write_failed(exc):
+                raise
+            return DONE
+        self._items = deque((_Rest(_resume(send, yielded), size),))  # type: ignore[arg-type]
+        self._buffered += size
+        self.wake_writer()
+        return Written(self, queued)
+
     def _deferred_wake(self) -> None:
         self._wake_scheduled = False
         if self._items and not self._writing:
@@ -203,7 +283,10 @@ class Outbox(Generic[Item]):
                     count = len(items)
                     items.clear()
                 in_flight = self._in_flight = size(item)
-                await send(to_message(item))
+                if item.__class__ is _Rest:  # a send ``_write_now`` started
+                    await item.rest  # type: ignore[attr-defined]
+                else:
+                    await send(to_message(item))
                 if self._in_flight > 0:  # not dropped by ``clear`` meanwhile
                     self._buffered -= in_flight
                 self._in_flight = 0

@@ -183,8 +183,8 @@ class Peer:
         else:
             return DONE
         if connection.observed:  # ops or a drain hook see it on the way
-            return connection.queue(outgoing)
-        return connection.put(outgoing, outgoing.size)  # dropped once closing
+            return connection.queue(outgoing, now=True)
+        return connection.write(outgoing, outgoing.size)  # dropped once closing
 
     def deliver(self, outgoing: Outgoing) -> None:
         """The pub/sub entry point: queue an already-encoded publish (any thread)."""

@@ -35,6 +35,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from h3_fastapi.pubsub import get_default_pubsub
 from tests.conftest import ROOT
 from tests.recorders import LogWatcher, eventually
+from tests.wire import handshake, server_close_code
 
 DOCS = ROOT / "docs"
 EXAMPLES = DOCS / "examples"
@@ -473,7 +474,10 @@ async def test_ws_backpressure_download_completes(live_server: Any) -> None:
 async def test_ws_backpressure_slow_reader_is_closed_1013(live_server: Any) -> None:
     module = example("ws_backpressure")
     server = live_server(module.app)
-    async with websockets.connect(server.ws_url + "/feed", max_queue=1) as slow:
+    # A raw client that never reads, with a small kernel receive buffer: the
+    # 15 MiB below cannot all leave the server.
+    slow, rest = await asyncio.to_thread(handshake, server.port, "/feed", 32 * 1024)
+    with slow:
         # The (def) open hook runs in the threadpool: wait until it has subscribed.
         def subscribed() -> bool:
             peers = module.feed.peers.get("/feed") or ()
@@ -486,7 +490,8 @@ async def test_ws_backpressure_slow_reader_is_closed_1013(live_server: Any) -> N
         assert server.call(subscribed)
         for _ in range(240):  # 15 MiB while the client reads nothing
             module.feed.publish("feed", b"\0" * 64 * 1024)
-        assert await closed_with(slow) == 1013
+        # Reading now, the client finds what fitted, then the server's close frame.
+        assert await asyncio.to_thread(server_close_code, slow, rest) == 1013
 
 
 async def test_ws_limits(live_server: Any) -> None:

@@ -8,12 +8,8 @@ client library refuses to: invalid UTF-8 and frames that announce petabytes.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
 import select
-import socket
-import struct
 import threading
 from typing import Any
 
@@ -27,6 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from h3_fastapi import H3Router, Message, Peer, WSError, define_websocket_handler
 from h3_fastapi.websocket import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_SEND_BUFFER_LIMIT
 from tests.recorders import Events as Recorder
+from tests.wire import frame, handshake, server_close_code
 
 TIMEOUT = 5
 pytestmark = pytest.mark.filterwarnings("ignore:The `websockets` implementation is deprecated")
@@ -208,10 +205,10 @@ async def test_peer_that_stops_reading_is_closed_1013_others_keep_going(
     server = live_server(app_with("/ws", handler))
     # A raw socket that sends "flood" and never reads: the kernel buffers fill
     # up, then the peer's outbox does.
-    slow, _ = await asyncio.to_thread(_handshake, server.port, "/ws")
+    slow, _ = await asyncio.to_thread(handshake, server.port, "/ws")
     with slow:
         async with connect(f"{server.ws_url}/ws") as other:
-            slow.sendall(_frame(0x1, b"flood"))
+            slow.sendall(frame(0x1, b"flood"))
             closes = await rec.wait_for("close", timeout=20)
             assert closes[0][0] == 1013
             assert closes[0][1] == 0  # the outbox was freed
@@ -254,61 +251,6 @@ async def test_star_allows_any_origin(live_server: Any) -> None:
 # --- bad frames (raw sockets) ----------------------------------------------------------
 
 
-def _frame(opcode: int, payload: bytes, fin: bool = True, length: int | None = None) -> bytes:
-    n = len(payload) if length is None else length
-    first = (0x80 if fin else 0) | opcode
-    if n < 126:
-        header = bytes([first, 0x80 | n])
-    elif n < 1 << 16:
-        header = bytes([first, 0x80 | 126]) + struct.pack("!H", n)
-    else:
-        header = bytes([first, 0x80 | 127]) + struct.pack("!Q", n)
-    mask = os.urandom(4)
-    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
-def _handshake(port: int, path: str) -> tuple[socket.socket, bytes]:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(4096)
-        assert chunk, data
-        data += chunk
-    head, rest = data.split(b"\r\n\r\n", 1)
-    assert head.startswith(b"HTTP/1.1 101"), head
-    return sock, rest
-
-
-def _server_close_code(sock: socket.socket, buffered: bytes) -> int | None:
-    """Read frames until the server's close frame; its code (None if dropped without one)."""
-    data = buffered
-    while True:
-        while len(data) >= 2:
-            opcode, n = data[0] & 0x0F, data[1] & 0x7F
-            offset = 2
-            if n == 126:
-                n, offset = struct.unpack("!H", data[2:4])[0], 4
-            elif n == 127:
-                n, offset = struct.unpack("!Q", data[2:10])[0], 10
-            if len(data) < offset + n:
-                break
-            payload, data = data[offset : offset + n], data[offset + n :]
-            if opcode == 0x8:
-                return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            return None
-        if not chunk:
-            return None
-        data += chunk
-
-
 # What each uvicorn WebSocket implementation does on a protocol error: the
 # code the client gets (None: TCP dropped without a close frame; uvicorn's
 # wsproto server does that) and the code it hands the app, which is what the
@@ -324,16 +266,16 @@ async def test_invalid_utf8_text_frame_closes_1007(
 ) -> None:
     rec = Recorder()
     server = live_server(app_with("/ws", recording_handler(rec)), ws=ws_impl)
-    sock, rest = await asyncio.to_thread(_handshake, server.port, "/ws")
+    sock, rest = await asyncio.to_thread(handshake, server.port, "/ws")
     with sock:
         await rec.wait_for("open")
         bad = b"ok " + b"\xed\xa0\x80 surrogate, \xff never valid"
         if fragmented:
-            frames = _frame(0x1, bad[:4], fin=False) + _frame(0x0, bad[4:], fin=True)
+            frames = frame(0x1, bad[:4], fin=False) + frame(0x0, bad[4:], fin=True)
         else:
-            frames = _frame(0x1, bad)
+            frames = frame(0x1, bad)
         sock.sendall(frames)
-        code = await asyncio.to_thread(_server_close_code, sock, rest)
+        code = await asyncio.to_thread(server_close_code, sock, rest)
     closes = await rec.wait_for("close")
     print(ws_impl, "client saw", code, "close hook saw", closes)
     assert code == (1007 if CLIENT_SEES_CLOSE_FRAME[ws_impl] else None)
@@ -349,7 +291,7 @@ async def test_frame_announcing_huge_length_is_cut_off_at_the_size_limit(
     rec = Recorder()
     limit = 65536
     server = live_server(app_with("/ws", recording_handler(rec)), ws=ws_impl, ws_max_size=limit)
-    sock, rest = await asyncio.to_thread(_handshake, server.port, "/ws")
+    sock, rest = await asyncio.to_thread(handshake, server.port, "/ws")
 
     def send_until_closed() -> int:
         # A binary frame header announcing 2**62 bytes, then at most twice the
@@ -359,7 +301,7 @@ async def test_frame_announcing_huge_length_is_cut_off_at_the_size_limit(
         # buffers, and uvicorn's legacy websockets server then waits out its
         # 10 s close timeout before telling the app.)
         sent = 0
-        sock.sendall(_frame(0x2, b"", length=1 << 62))
+        sock.sendall(frame(0x2, b"", length=1 << 62))
         while sent < 2 * limit:
             if select.select([sock], [], [], 0.002)[0]:
                 break  # the server answered (its close frame)
@@ -370,7 +312,7 @@ async def test_frame_announcing_huge_length_is_cut_off_at_the_size_limit(
     with sock:
         await rec.wait_for("open")
         sent = await asyncio.to_thread(send_until_closed)
-        code = await asyncio.to_thread(_server_close_code, sock, rest)
+        code = await asyncio.to_thread(server_close_code, sock, rest)
     closes = await rec.wait_for("close")
     print(ws_impl, "sent", sent, "client saw", code, "close hook saw", closes)
     assert code == 1009

@@ -34,6 +34,7 @@ from h3_fastapi import (
 )
 from h3_fastapi._ops import ops
 from tests.conftest import free_port
+from tests.wire import handshake, server_close_code
 
 TIMEOUT = 5
 pytestmark = pytest.mark.filterwarnings("ignore:The `websockets` implementation is deprecated")
@@ -104,13 +105,18 @@ def build_app(registry: CollectorRegistry, closed: Closed, dead_port: int) -> Fa
         max_peers=1,
     )
 
-    def flood(peer: Peer) -> None:  # three 600-byte frames queued before any is written
-        for _ in range(3):
-            peer.send("x" * 600)
+    chunk = "x" * 65536
 
-    # On the loop: from the threadpool each send would hop on its own, and the writer
-    # could take the first frame before the third is queued (no overflow).
-    h3.ws("/slow", open=flood, close=closed.close, send_buffer_limit=1000, sync_hooks="loop")
+    def flood(peer: Peer) -> None:
+        # 8 MiB to a client that reads nothing: what the kernel takes is written,
+        # then the server pauses, then 64 KiB wait and the next frame overflows.
+        for _ in range(128):
+            if not peer.is_open:
+                break
+            peer.send(chunk)
+
+    # On the loop: from the threadpool each send would hop on its own.
+    h3.ws("/slow", open=flood, close=closed.close, send_buffer_limit=65536, sync_hooks="loop")
     app.include_router(h3)
 
     @app.get("/events")
@@ -173,12 +179,10 @@ async def test_scripted_session_exact_counts(live_server: Any, registry: Collect
         async with connect(f"{ws}/guarded"):
             with pytest.raises(InvalidStatus):
                 await connect(f"{ws}/guarded")
-            # /slow: the send buffer overflows -> 1013.
-            async with connect(f"{ws}/slow") as slow:
-                with pytest.raises(ConnectionClosed) as info:
-                    while True:
-                        await asyncio.wait_for(slow.recv(), TIMEOUT)
-                assert info.value.rcvd is not None and info.value.rcvd.code == 1013
+            # /slow: a client that does not read; the send buffer overflows -> 1013.
+            slow, rest = await asyncio.to_thread(handshake, server.port, "/slow", 32 * 1024)
+            with slow:
+                assert await asyncio.to_thread(server_close_code, slow, rest) == 1013
             await closed.reach(2)
 
             # Event streams: 3 events on a closed stream, 1 on one held open.
