@@ -60,7 +60,7 @@ def _run_workload(
     workload: Workload, settings: Settings, runs: int, only_variants: set[str]
 ) -> dict[str, Any]:
     variants = [v for v in workload.variants if not only_variants or v.key in only_variants]
-    skipped = {v.key: "not available yet" for v in variants if not v.available()}
+    skipped = {v.key: v.unavailable for v in variants if not v.available()}
     active = [v for v in variants if v.key not in skipped]
     samples: dict[tuple[str, str], list[dict[str, Any]]] = {}
     print(f"\n== {workload.title}", flush=True)
