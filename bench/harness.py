@@ -477,6 +477,10 @@ def machine_info() -> dict[str, Any]:
         + _run(["git", "-C", str(ROOT), "diff", "--stat", "HEAD", "--", "h3_fastapi"]),
         "server_core": SERVER_CORE,
         "load_core": LOAD_CORE,
+        "backplanes_placement": (
+            f"4 uvicorn servers and the broker (all its processes and threads) on core"
+            f" {SERVER_CORE}, the load generator on core {LOAD_CORE}"
+        ),
         "uvicorn_args": list(UVICORN_ARGS),
         "nofile_limit": nofile_limit(),
     }

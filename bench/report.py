@@ -155,7 +155,7 @@ def markdown(data: dict[str, Any]) -> str:
     for workload in data["workloads"]:
         lines += ["", f"### {workload['title']}", "", workload["describe"], ""]
         if workload["key"] == "backplanes":
-            lines += _backplanes_table(workload)
+            lines += _backplanes_table(workload, machine.get("backplanes_placement"))
             continue
         better = "higher is better" if workload["higher_is_better"] else "lower is better"
         proxy = workload["key"] == "proxy"
@@ -219,7 +219,7 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _backplanes_table(workload: dict[str, Any]) -> list[str]:
+def _backplanes_table(workload: dict[str, Any], placement: str | None) -> list[str]:
     """Deliveries/s and CPU per delivery per backplane (no h3-fastapi subject: all are)."""
     lines = [
         "| Case | Backplane | Deliveries/s (median) | CPU per delivery, servers + broker"
@@ -250,7 +250,8 @@ def _backplanes_table(workload: dict[str, Any]) -> list[str]:
         "CPU per delivery: CPU seconds of the server processes and the broker over the"
         " measured window, divided by the deliveries (median over the runs; lower is better)."
         " Servers + broker CPU: the same CPU in percent of one core; all of them share one"
-        " core, so it stays at or under 100% and CPU per delivery is the fair comparison.",
+        " core, so it stays at or under 100% and CPU per delivery is the fair comparison."
+        + (f" Placement: {placement}." if placement else ""),
     ]
     return lines
 
