@@ -754,9 +754,10 @@ def _measure_backplanes(
     deliveries = result["deliveries"]
     cpu = result["servers_cpu_s"] + result["broker_cpu_s"]
     result["cpu_us_per_delivery"] = 1e6 * cpu / deliveries
-    result["broker_us_per_delivery"] = 1e6 * result["broker_cpu_s"] / deliveries
     result["server_cpu_pct"] = 100 * cpu / result["window_s"]
-    result["broker_cpu_pct"] = 100 * result["broker_cpu_s"] / result["window_s"]
+    if broker_pids:  # memory has no broker: its cell stays empty, not 0
+        result["broker_us_per_delivery"] = 1e6 * result["broker_cpu_s"] / deliveries
+        result["broker_cpu_pct"] = 100 * result["broker_cpu_s"] / result["window_s"]
     result["processes"] = count
     return result
 
