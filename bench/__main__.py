@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -60,7 +61,7 @@ def _run_workload(
     workload: Workload, settings: Settings, runs: int, only_variants: set[str]
 ) -> dict[str, Any]:
     variants = [v for v in workload.variants if not only_variants or v.key in only_variants]
-    skipped = {v.key: "not available yet" for v in variants if not v.available()}
+    skipped = {v.key: v.unavailable for v in variants if not v.available()}
     active = [v for v in variants if v.key not in skipped]
     samples: dict[tuple[str, str], list[dict[str, Any]]] = {}
     print(f"\n== {workload.title}", flush=True)
@@ -158,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
     workloads = _selected(args.only)
+    # SIGTERM unwinds like Ctrl+C: every server, broker and load generator is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     if args.h3_path:
         os.environ["BENCH_H3_PATH"] = str(Path(args.h3_path).resolve())
     settings = Settings(quick=args.quick, profile=args.profile)

@@ -213,6 +213,56 @@ def serve(spec: ServerSpec, *, env: dict[str, str] | None = None) -> Iterator[Se
         log.close()
 
 
+def _task_cpu_seconds(pid: int) -> float:
+    """CPU seconds of every thread of ``pid``, from ``schedstat`` (nanoseconds, not ticks).
+
+    A broker may use a few milliseconds in a window: the 10 ms ticks of
+    ``cpu_times`` would round that to 0.
+    """
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as stat:
+                total += int(stat.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # the thread ended in between
+    return total / 1e9
+
+
+def tree_cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds of these processes and their descendants (all threads).
+
+    A process or thread that ended in between is left out of the sum.
+    """
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(pid)
+            for process in (root, *root.children(recursive=True)):
+                total += _task_cpu_seconds(process.pid)
+    return total
+
+
+def pin_tree(pids: list[int], core: int) -> None:
+    """Pin every thread of these processes and their descendants to ``core``.
+
+    For servers started without ``taskset`` (a broker): threads and children
+    they start later inherit the affinity.
+    """
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(pid)
+            for process in (root, *root.children(recursive=True)):
+                with contextlib.suppress(psutil.Error, OSError):
+                    for thread in process.threads():
+                        with contextlib.suppress(OSError):
+                            os.sched_setaffinity(thread.id, {core})
+
+
 def prime(url: str, timeout: float = 30.0) -> None:
     """One GET before measuring, so lazily made clients and imports are ready."""
     import urllib.request
@@ -270,14 +320,19 @@ def run_load(
     timeout: float,
     on_event: Callable[[dict[str, Any], Any], None] | None = None,
     profiler: Profiler | None = None,
+    meters: dict[str, Callable[[], float]] | None = None,
 ) -> dict[str, Any]:
     """Run ``bench/load/<script>`` pinned to the load core; return its result.
 
     Adds ``server_cpu_pct`` (server CPU over the window, percent of one core)
     and ``core0_busy_pct``/``core1_busy_pct`` (whole-core busy time, which
     shows other processes competing). ``on_event`` gets any other event line
-    with the process's stdin (the idle workload uses it).
+    with the process's stdin (the idle workload uses it). ``meters`` are more
+    CPU-seconds counters (several servers, a broker): each is read at both
+    ends of the window and its difference added as ``<name>_cpu_s``, with the
+    window's length as ``window_s``.
     """
+    meters = meters or {}
     args = {**args, "timeout": timeout}
     command = ["taskset", "-c", str(LOAD_CORE), "node", str(LOAD_DIR / script), json.dumps(args)]
     stderr = tempfile.TemporaryFile()
@@ -296,7 +351,7 @@ def run_load(
     buffer = b""
     result: dict[str, Any] | None = None
     error: str | None = None
-    marks: dict[str, tuple[float, Any, float]] = {}
+    marks: dict[str, tuple[float, Any, float, dict[str, float]]] = {}
     try:
         while result is None and error is None:
             remaining = deadline - time.monotonic()
@@ -319,7 +374,8 @@ def run_load(
                 event = message.get("event")
                 if event in ("window_start", "window_end"):
                     cpu = server.cpu_seconds() if server else 0.0
-                    marks[event] = (time.monotonic(), psutil.cpu_times(percpu=True), cpu)
+                    read = {name: meter() for name, meter in meters.items()}
+                    marks[event] = (time.monotonic(), psutil.cpu_times(percpu=True), cpu, read)
                     if profiler is not None and server is not None:
                         if event == "window_start":
                             profiler.start(server.pid)
@@ -350,9 +406,13 @@ def run_load(
         detail = error or f"{script} exited with {process.returncode} and no result"
         raise BenchError(f"{detail}\n{stderr_text[-2000:]}")
     if "window_start" in marks and "window_end" in marks:
-        t0, cores0, cpu0 = marks["window_start"]
-        t1, cores1, cpu1 = marks["window_end"]
+        t0, cores0, cpu0, read0 = marks["window_start"]
+        t1, cores1, cpu1, read1 = marks["window_end"]
         elapsed = t1 - t0
+        if meters:
+            result["window_s"] = elapsed
+            for name in meters:
+                result[f"{name}_cpu_s"] = read1[name] - read0[name]
         if server is not None and elapsed > 0:
             result["server_cpu_pct"] = 100.0 * (cpu1 - cpu0) / elapsed
         for core in (SERVER_CORE, LOAD_CORE):
@@ -417,6 +477,10 @@ def machine_info() -> dict[str, Any]:
         + _run(["git", "-C", str(ROOT), "diff", "--stat", "HEAD", "--", "h3_fastapi"]),
         "server_core": SERVER_CORE,
         "load_core": LOAD_CORE,
+        "backplanes_placement": (
+            f"4 uvicorn servers and the broker (all its processes and threads) on core"
+            f" {SERVER_CORE}, the load generator on core {LOAD_CORE}"
+        ),
         "uvicorn_args": list(UVICORN_ARGS),
         "nofile_limit": nofile_limit(),
     }

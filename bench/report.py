@@ -29,6 +29,9 @@ def summarize_variant(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "peak_rss_mib",
         "base_rss_mib",
         "rss_mib",
+        "cpu_us_per_delivery",
+        "broker_us_per_delivery",
+        "broker_cpu_pct",
     ):
         values = [r[key] for r in ok if key in r]
         if values:
@@ -151,6 +154,9 @@ def markdown(data: dict[str, Any]) -> str:
         lines.append(f"| {target['text']} | {_target_cell(target)} | {verdict} | {cpu_cell} |")
     for workload in data["workloads"]:
         lines += ["", f"### {workload['title']}", "", workload["describe"], ""]
+        if workload["key"] == "backplanes":
+            lines += _backplanes_table(workload, machine.get("backplanes_placement"))
+            continue
         better = "higher is better" if workload["higher_is_better"] else "lower is better"
         proxy = workload["key"] == "proxy"
         memory = workload["key"] == "memory"
@@ -211,6 +217,43 @@ def markdown(data: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _backplanes_table(workload: dict[str, Any], placement: str | None) -> list[str]:
+    """Deliveries/s and CPU per delivery per backplane (no h3-fastapi subject: all are)."""
+    lines = [
+        "| Case | Backplane | Deliveries/s (median) | CPU per delivery, servers + broker"
+        " | of which broker | Servers + broker CPU | Load gen CPU | Runs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for case in workload["cases"]:
+        for index, variant in enumerate(case["variants"]):
+            runs = " / ".join(_fmt(r.get("value")) for r in variant["runs"] if "value" in r)
+            if variant.get("errors"):
+                runs += f" (failed: {' '.join(variant['errors'][0].split())[:120]})"
+            if variant.get("skipped"):
+                runs = f"skipped: {variant['skipped']}"
+            cpu = variant.get("median_cpu_us_per_delivery")
+            broker = variant.get("median_broker_us_per_delivery")
+            broker_cell = _fmt(broker, "µs")
+            if cpu and broker is not None:
+                broker_cell += f" ({100 * broker / cpu:.1f}%)"
+            lines.append(
+                f"| {case['key'] if index == 0 else ''} | {variant['label']}"
+                f" | {_fmt(variant['median'])}"
+                f" | {_fmt(cpu, 'µs')} | {broker_cell}"
+                f" | {_pct(variant.get('median_server_cpu_pct'))}"
+                f" | {_pct(variant.get('median_load_cpu_pct'))} | {runs} |"
+            )
+    lines += [
+        "",
+        "CPU per delivery: CPU seconds of the server processes and the broker over the"
+        " measured window, divided by the deliveries (median over the runs; lower is better)."
+        " Servers + broker CPU: the same CPU in percent of one core; all of them share one"
+        " core, so it stays at or under 100% and CPU per delivery is the fair comparison."
+        + (f" Placement: {placement}." if placement else ""),
+    ]
+    return lines
 
 
 def chart(data: dict[str, Any], path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The six workloads, their variants (this library and its anchors) and targets.
+"""The seven workloads, their variants (this library and its anchors) and targets.
 
 Each measurement starts a fresh server for one variant, runs one load
 generator against it and returns the load generator's result plus the
@@ -13,7 +13,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .harness import LOAD_CORE, LOAD_DIR, NODE_DIR, ServerSpec, prime, run_load, serve
+from .harness import (
+    LOAD_CORE,
+    LOAD_DIR,
+    NODE_DIR,
+    SERVER_CORE,
+    BenchError,
+    ServerSpec,
+    pin_tree,
+    prime,
+    run_load,
+    serve,
+    tree_cpu_seconds,
+)
 
 WS_APPS = "bench.servers.websocket_apps"
 SSE_APP = "bench.servers.sse_apps:app"
@@ -33,6 +45,8 @@ class Variant:
     server: ServerSpec | None
     path: str
     available: Callable[[], bool] = lambda: True
+    #: Why the variant is skipped when ``available()`` is false (shown in the table).
+    unavailable: str = "not available yet"
 
 
 @dataclass(frozen=True)
@@ -617,6 +631,209 @@ MEMORY = Workload(
     ),
 )
 
+# --- 6. Broadcast across processes, per backplane ----------------------------------------
+
+BACKPLANE_APP = "bench.servers.backplane_apps:app"
+PROCESSES = 4
+
+# variant key -> (binaries, Python client module) it needs
+_BACKPLANE_NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
+    "redis": (("redis-server",), "redis"),
+    "redis-cluster": (("redis-server", "redis-cli"), "redis"),
+    "postgres": (("initdb", "pg_ctl"), "asyncpg"),
+    "nats": (("nats-server",), "nats"),
+}
+
+
+def _backplane_missing(key: str) -> list[str]:
+    """What ``key`` needs and this machine lacks (binaries, the Python client)."""
+    import importlib.util
+
+    from tests.backplane_servers import missing_binaries
+
+    binaries, module = _BACKPLANE_NEEDS[key]
+    missing = missing_binaries(*binaries)
+    if importlib.util.find_spec(module) is None:
+        missing.append(f"the Python package {module!r}")
+    return missing
+
+
+class _Brokers:
+    """The backplane servers, each started (and pinned to the server core) on first use.
+
+    The launchers are the tests' (``tests/backplane_servers.py``). ``close()``
+    stops every one that was started; a server that failed to start is
+    reported by each measurement that needs it.
+    """
+
+    def __init__(self) -> None:
+        self.started: dict[str, tuple[str, list[int]]] = {}
+        self.failed: dict[str, str] = {}
+        self.stops: list[Callable[[], None]] = []
+
+    def get(self, key: str) -> tuple[str, list[int]]:
+        """The URL of ``key``'s server and the pids whose CPU is the broker's."""
+        if key in self.failed:
+            raise BenchError(self.failed[key])
+        for attempt in (1, 2):
+            if key in self.started:
+                break
+            try:
+                self.started[key] = self._start(key)
+            except Exception as exc:  # a broken install: this variant fails, the run goes on
+                self.close_one()
+                # Ports are picked free in advance; another process may take one by then.
+                if attempt == 2:
+                    first = str(exc).strip().splitlines()[-1:] or [type(exc).__name__]
+                    self.failed[key] = f"{key} server did not start: {first[0]}"
+                    raise BenchError(self.failed[key]) from exc
+        url, pids = self.started[key]
+        pin_tree(pids, SERVER_CORE)  # children started since (PostgreSQL backends) too
+        return url, pids
+
+    def _start(self, key: str) -> tuple[str, list[int]]:
+        from tests import backplane_servers as services
+
+        if key == "redis":
+            redis = services.RedisServer()
+            self.stops.append(redis.kill)
+            redis.start()
+            assert redis.proc is not None
+            return redis.url, [redis.proc.pid]
+        if key == "redis-cluster":
+            cluster = services.RedisClusterService()
+            self.stops.append(cluster.stop)
+            cluster.start()
+            return cluster.url, [proc.pid for proc in cluster.procs.values()]
+        if key == "postgres":
+            postgres = services.PostgresService()
+            self.stops.append(postgres.remove)
+            postgres.start()
+            postmaster = int((postgres.data / "postmaster.pid").read_text().split()[0])
+            return postgres.url, [postmaster]
+        nats = services.NatsService()
+        self.stops.append(nats.remove)
+        nats.start()
+        assert nats.proc is not None
+        return nats.url, [nats.proc.pid]
+
+    def close_one(self) -> None:
+        """Stop the server started last (one that failed to start)."""
+        if self.stops:
+            with contextlib.suppress(Exception):
+                self.stops.pop()()
+
+    def close(self) -> None:
+        for stop in reversed(self.stops):
+            with contextlib.suppress(Exception):
+                stop()
+        self.stops.clear()
+
+
+@contextlib.contextmanager
+def _backplanes_context() -> Iterator[dict[str, Any]]:
+    brokers = _Brokers()
+    try:
+        yield {"brokers": brokers}
+    finally:
+        brokers.close()
+
+
+def _measure_backplanes(
+    workload: Workload, variant: Variant, case: Case, settings: Settings, ctx: dict[str, Any]
+) -> dict[str, Any]:
+    assert variant.server is not None
+    args = workload.case_args(case, settings)
+    if variant.key == "memory":  # memory cannot cross processes: one holds everyone
+        url, broker_pids, count = "memory://", [], 1
+    else:
+        url, broker_pids = ctx["brokers"].get(variant.key)
+        count = PROCESSES
+    with contextlib.ExitStack() as stack:
+        servers = [
+            stack.enter_context(serve(variant.server, env={"H3_PUBSUB_URL": url}))
+            for _ in range(count)
+        ]
+        sub_urls = [server.url(variant.path, "ws") for server in servers]
+        load = {**args, "sub_urls": sub_urls}
+        load["pub_urls"] = [sub_urls[i % count] for i in range(PROCESSES)]
+        meters = {
+            "servers": lambda: tree_cpu_seconds([server.pid for server in servers]),
+            "broker": lambda: tree_cpu_seconds(broker_pids),
+        }
+        result = run_load("ws_backplanes.mjs", load, None, timeout=120, meters=meters)
+    deliveries = result["deliveries"]
+    cpu = result["servers_cpu_s"] + result["broker_cpu_s"]
+    result["cpu_us_per_delivery"] = 1e6 * cpu / deliveries
+    result["server_cpu_pct"] = 100 * cpu / result["window_s"]
+    if broker_pids:  # memory has no broker: its cell stays empty, not 0
+        result["broker_us_per_delivery"] = 1e6 * result["broker_cpu_s"] / deliveries
+        result["broker_cpu_pct"] = 100 * result["broker_cpu_s"] / result["window_s"]
+    result["processes"] = count
+    return result
+
+
+def _backplane(key: str, label: str) -> Variant:
+    def available() -> bool:
+        return not _backplane_missing(key)
+
+    needs = _BACKPLANE_NEEDS[key]
+    unavailable = "needs " + ", ".join([*needs[0], f"the Python package {needs[1]!r}"])
+    spec = ServerSpec("python", BACKPLANE_APP)
+    return Variant(key, label, spec, "/broadcast", available, unavailable)
+
+
+BACKPLANES = Workload(
+    key="backplanes",
+    title="Broadcast across 4 processes, per backplane",
+    unit="deliveries/s",
+    higher_is_better=True,
+    variants=[
+        Variant(
+            "memory",
+            "memory (1 process holds all subscribers)",
+            ServerSpec("python", BACKPLANE_APP),
+            "/broadcast",
+        ),
+        _backplane("redis", "Redis (RedisPubSub)"),
+        _backplane("redis-cluster", "Redis Cluster, 3 shards (RedisClusterPubSub)"),
+        _backplane("postgres", "PostgreSQL LISTEN/NOTIFY (PostgresPubSub)"),
+        _backplane("nats", "NATS (NatsPubSub)"),
+    ],
+    cases=[
+        # Wide fan-out: 200 publishes, each written to 1,000 sockets.
+        Case(
+            "1000 subscribers",
+            {"subscribers": 1000, "messages": 50, "warmup": 5},
+            {"messages": 25},
+        ),
+        # Narrow fan-out: 4,000 publishes, each written to 40 sockets; the
+        # backplane's cost per publish weighs 25 times more per delivery.
+        Case(
+            "40 subscribers",
+            {"subscribers": 40, "messages": 1000, "warmup": 20},
+            {"messages": 500},
+        ),
+    ],
+    targets=[],
+    measure=_measure_backplanes,
+    context=_backplanes_context,
+    describe=(
+        "4 uvicorn processes of one app (`H3_PUBSUB_URL` picks the backplane); the"
+        " subscribers spread evenly over them (250 or 10 per process), each counted once its"
+        " process confirmed the subscription. One publisher connection per process sends M"
+        " messages of 64 bytes (50 to 1,000 subscribers, 1,000 to 40), all 4 at once; each"
+        " process publishes them with `peer.publish`, so every subscriber must get all 4 x M"
+        " (200,000 and 160,000 deliveries), 3/4 of them from another process, in each"
+        " publisher's order. Deliveries per second from the first send until the last"
+        " delivery. CPU per delivery: the CPU time of the 4 servers and of the broker (all"
+        " its processes and threads) over the same window, divided by the deliveries; the"
+        " broker's part is shown on its own. Memory cannot cross processes: its line is 1"
+        " process holding all subscribers and the 4 publishers. The servers and the broker"
+        " share core 0, the load generator has core 1."
+    ),
+)
+
 WORKLOADS: dict[str, Workload] = {
-    w.key: w for w in (ECHO, ECHO_JSON, BROADCAST, SSE, PROXY, MEMORY)
+    w.key: w for w in (ECHO, ECHO_JSON, BROADCAST, SSE, PROXY, MEMORY, BACKPLANES)
 }

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import pytest
 import uvicorn
 
-from tests.processes import ROOT, ChildServer
+from tests.processes import ROOT, ChildServer, free_port
 
 __all__ = ["CI", "ROOT", "ChildServer", "LiveServer", "free_port", "need", "which"]
 
@@ -32,12 +31,6 @@ def need(condition: bool, reason: str) -> None:
     if CI:
         pytest.fail(f"CI=true but {reason}", pytrace=False)
     pytest.skip(f"SKIPPED LOUDLY: {reason} (install it or run `make test` as root)")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class _ThreadServer(uvicorn.Server):

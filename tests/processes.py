@@ -28,6 +28,13 @@ ROOT = Path(__file__).resolve().parent.parent
 POLL_INTERVAL = 0.05  # between connection attempts while waiting for a port
 
 
+def free_port() -> int:
+    """A port nothing listens on now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 class ChildProcess:
     """A command in a child process whose output is read in a thread."""
 
