@@ -1,0 +1,275 @@
+"""The ASGI servers ``serve()`` runs in-process: uvicorn (the default), hypercorn, granian.
+
+Each backend starts its server as a task of the running loop, sets ``started``
+once it accepts connections, and stops on ``request_exit()``. What differs
+between them is mapped here so that ``serve(app, server=...)`` behaves the
+same everywhere:
+
+- one ``Date`` and one ``Server`` per response: each server's own headers are
+  turned off where it can (uvicorn, hypercorn) and ``DefaultHeaders`` adds
+  them only where a response has none; granian already adds its own only
+  where missing, and cannot be told to add none.
+- the largest ``max_message_size`` of the app's handlers becomes the server's
+  WebSocket limit (uvicorn ``ws_max_size``, hypercorn
+  ``websocket_max_message_size``); granian has no such setting, so there only
+  the handlers' own check (after assembly) applies.
+- open SSE streams and WebSocket peers are closed before the server waits
+  for connections to finish (``notify_server_exit``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ._shutdown import notify_server_exit
+
+__all__ = ["SERVERS", "Backend", "make_backend"]
+
+# server name -> the package it needs (and the pip name to install).
+SERVERS = {"uvicorn": "uvicorn", "hypercorn": "hypercorn", "granian": "granian"}
+
+
+class Backend:
+    """One server running ``app`` on ``host:port`` in the current process."""
+
+    name = ""
+
+    def __init__(self, app: Any, host: str, port: int, options: dict[str, Any]) -> None:
+        self.host = host
+        self.port = port
+        self.started = asyncio.Event()
+        self.config: Any = None
+
+    async def serve(self) -> None:
+        """Serve until ``request_exit()``."""
+        raise NotImplementedError
+
+    def request_exit(self) -> None:
+        """Ask the server to stop (it closes open streams first)."""
+        raise NotImplementedError
+
+    def bound_port(self) -> int | None:
+        """The port it listens on, once started (``port=0`` picks one)."""
+        return self.port or None
+
+    def failure(self) -> str | None:
+        """Why startup failed, if it did before ``serve()`` returned."""
+        return None
+
+    def run(self) -> None:
+        """Serve in the foreground until SIGINT or SIGTERM."""
+
+        async def main() -> None:
+            remove = signal_exit(asyncio.get_running_loop(), self.request_exit)
+            try:
+                await self.serve()
+            finally:
+                remove()
+
+        asyncio.run(main())
+
+
+def make_backend(server: str, app: Any, host: str, port: int, options: dict[str, Any]) -> Backend:
+    """The backend for ``server``; a clear error for an unknown name or a missing package."""
+    if server not in SERVERS:
+        raise ValueError(
+            f"serve(): unknown server {server!r}; choose one of {', '.join(map(repr, SERVERS))}"
+        )
+    package = SERVERS[server]
+    if importlib.util.find_spec(package) is None:
+        raise RuntimeError(
+            f"serve(server={server!r}) needs the {package!r} package:"
+            f" pip install 'h3-fastapi[{server}]' (or pip install {package})"
+        )
+    backend: type[Backend] = {
+        "uvicorn": _Uvicorn,
+        "hypercorn": _Hypercorn,
+        "granian": _Granian,
+    }[server]
+    return backend(app, host, port, options)
+
+
+class _StartupProbe:
+    """ASGI wrapper: note when lifespan startup completed (or failed, or is unsupported)."""
+
+    __slots__ = ("app", "done", "failed")
+
+    def __init__(self, app: ASGIApp, done: asyncio.Event) -> None:
+        self.app = app
+        self.done = done
+        self.failed: str | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def watch(message: Message) -> None:
+            await send(message)
+            if message["type"] == "lifespan.startup.complete":
+                self.done.set()
+            elif message["type"] == "lifespan.startup.failed":
+                self.failed = str(message.get("message") or "lifespan startup failed")
+                self.done.set()
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            # An app without lifespan support raises at once; the server goes on.
+            self.done.set()
+
+
+# --- uvicorn ------------------------------------------------------------------------
+
+
+class _Uvicorn(Backend):
+    name = "uvicorn"
+
+    def __init__(self, app: Any, host: str, port: int, options: dict[str, Any]) -> None:
+        import uvicorn
+
+        super().__init__(app, host, port, options)
+        self.config = uvicorn.Config(app, host=host, port=port, **options)
+        started = self.started
+
+        class _Server(uvicorn.Server):
+            async def startup(self, sockets: Any = None) -> None:
+                await super().startup(sockets)
+                started.set()
+
+        self.server = _Server(self.config)
+
+    async def serve(self) -> None:
+        await self.server.serve()
+
+    def request_exit(self) -> None:
+        self.server.should_exit = True
+
+    def run(self) -> None:
+        """uvicorn's own ``run()``: its loop setting and signal handling."""
+        self.server.run()
+
+    def bound_port(self) -> int | None:
+        for server in self.server.servers:
+            for sock in server.sockets:
+                return int(sock.getsockname()[1])
+        return None
+
+
+# --- hypercorn ----------------------------------------------------------------------
+
+
+class _Hypercorn(Backend):
+    name = "hypercorn"
+
+    def __init__(self, app: Any, host: str, port: int, options: dict[str, Any]) -> None:
+        from hypercorn.config import Config
+
+        super().__init__(app, host, port, options)
+        config = Config()
+        bind_host = f"[{host}]" if ":" in host else host
+        config.bind = [f"{bind_host}:{port}"]
+        log_level = options.pop("log_level", None)
+        if log_level is not None:
+            config.loglevel = str(log_level).upper()
+        for key, value in options.items():
+            if not hasattr(config, key):
+                raise TypeError(f"serve(server='hypercorn'): hypercorn has no setting {key!r}")
+            setattr(config, key, value)
+        self.config = config
+        self.probe = _StartupProbe(app, self.started)
+        self.exit = asyncio.Event()
+
+    async def serve(self) -> None:
+        from hypercorn.asyncio.run import worker_serve
+        from hypercorn.utils import wrap_app
+
+        # Bind and listen here: ``port=0`` gets its real port, and connections
+        # queue from the moment startup completes.
+        sockets = self.config.create_sockets()
+        for sock in sockets.insecure_sockets:
+            sock.listen(self.config.backlog)
+            self.port = int(sock.getsockname()[1])
+        probe: Any = self.probe
+        app = wrap_app(probe, self.config.wsgi_max_body_size, "asgi")
+        await worker_serve(app, self.config, sockets=sockets, shutdown_trigger=self._exit_asked)
+
+    async def _exit_asked(self) -> None:
+        await self.exit.wait()
+        await notify_server_exit()
+
+    def request_exit(self) -> None:
+        self.exit.set()
+
+    def failure(self) -> str | None:
+        return self.probe.failed
+
+
+# --- granian ------------------------------------------------------------------------
+
+
+def _free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class _Granian(Backend):
+    """granian's embedded server (``granian.server.embed``; granian calls it experimental).
+
+    Its Rust runtime does the HTTP and WebSocket work on its own thread and
+    calls the app on this loop. It binds by port number only, so ``port=0``
+    picks a free port first.
+    """
+
+    name = "granian"
+
+    def __init__(self, app: Any, host: str, port: int, options: dict[str, Any]) -> None:
+        from granian.constants import Interfaces
+        from granian.server.embed import Server as Embedded
+
+        super().__init__(app, host, port or _free_port(host), options)
+        self.probe = _StartupProbe(app, self.started)
+        options.setdefault("interface", Interfaces.ASGI)
+        self.config = options
+        self.server = Embedded(self.probe, address=host, port=self.port, **options)
+        self._stopping: asyncio.Task[None] | None = None
+
+    async def serve(self) -> None:
+        await self.server.serve()
+
+    def request_exit(self) -> None:
+        if self._stopping is None:
+            self._stopping = asyncio.get_running_loop().create_task(self._stop())
+
+    async def _stop(self) -> None:
+        await notify_server_exit()
+        self.server.stop()  # type: ignore[no-untyped-call]
+
+    def failure(self) -> str | None:
+        return self.probe.failed
+
+
+def signal_exit(loop: asyncio.AbstractEventLoop, stop: Callable[[], Any]) -> Callable[[], None]:
+    """Call ``stop`` on SIGINT/SIGTERM; return a function that removes the handlers."""
+    import signal
+
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop)
+            installed.append(sig)
+
+    def remove() -> None:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+    return remove

@@ -1,0 +1,126 @@
+"""``serve(app, server=X)`` on every server it supports, with docs/examples/servers.py.
+
+Each server runs in this process on 127.0.0.1 (port 0) and is driven by real
+clients: a WebSocket echo, an SSE stream, one ``Date`` and one ``Server`` per
+response, the message limit, a clean shutdown with a stream still open. Then
+the errors: an unknown server name, a missing package, options a server cannot
+honour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+from websockets.exceptions import ConnectionClosed
+
+from h3_fastapi import Server, serve
+from h3_fastapi import _servers as servers_module
+from tests.conftest import need
+from tests.test_docs import example
+
+TIMEOUT = 5
+LIMIT = 64 * 1024
+SERVERS = ["uvicorn", "hypercorn", "granian"]
+
+
+@pytest.fixture(params=SERVERS)
+async def server(request: pytest.FixtureRequest) -> AsyncIterator[Server]:
+    name: str = request.param
+    need(importlib.util.find_spec(name) is not None, f"{name} is not installed")
+    handle = await serve(example("servers").app, port=0, server=name, log_level="warning").ready()
+    try:
+        yield handle
+    finally:
+        await asyncio.wait_for(handle.close(), 15)
+
+
+def ws_url(server: Server, path: str) -> str:
+    return server.url.replace("http", "ws", 1) + path
+
+
+async def test_websocket_echo(server: Server) -> None:
+    async with websockets.connect(ws_url(server, "echo")) as ws:
+        for text in ("hello", "ünïcödé", "x" * 10_000):
+            await ws.send(text)
+            assert await asyncio.wait_for(ws.recv(), TIMEOUT) == text
+
+
+async def test_sse_round_trip(server: Server) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as client:
+        response = await client.get("/countdown", params={"start": 3})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    data = [line[5:].strip() for line in response.text.splitlines() if line.startswith("data:")]
+    assert data == ["3", "2", "1"]
+
+
+async def test_one_date_and_one_server_header(server: Server) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as client:
+        response = await client.get("/countdown", params={"start": 1})
+    assert response.headers.get_list("server") == [server.server]
+    assert len(response.headers.get_list("date")) == 1
+
+
+async def test_oversized_message_is_refused_with_1009(server: Server) -> None:
+    async with websockets.connect(ws_url(server, "echo"), max_size=None) as ws:
+        await ws.send("x" * (LIMIT + 1))
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), TIMEOUT)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+
+
+async def test_close_ends_an_open_stream_and_a_peer(server: Server) -> None:
+    """``close()`` returns although an endless stream and a socket are open."""
+    async with (
+        httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as client,
+        client.stream("GET", "/countdown", params={"start": 10**9}) as response,
+        websockets.connect(ws_url(server, "echo")) as ws,
+    ):
+        lines = response.aiter_lines()
+        assert (await asyncio.wait_for(anext(lines), TIMEOUT)).startswith("data:")
+        await asyncio.wait_for(server.close(), 10)
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), TIMEOUT)
+
+
+def test_the_message_limit_reaches_the_servers_own_setting() -> None:
+    app = example("servers").app
+    assert Server(app, "127.0.0.1", 0, {}).config.ws_max_size == LIMIT
+    if importlib.util.find_spec("hypercorn") is not None:
+        config = Server(app, "127.0.0.1", 0, {}, "hypercorn").config
+        assert config.websocket_max_message_size == LIMIT
+        assert not config.include_server_header and not config.include_date_header
+
+
+def test_unknown_server_names_the_choices() -> None:
+    with pytest.raises(ValueError, match=r"unknown server 'daphne'.*'uvicorn', 'hypercorn'"):
+        serve(example("servers").app, server="daphne", block=False)
+
+
+def test_missing_package_names_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+
+    def find_spec(name: str, *args: Any) -> Any:
+        return None if name == "granian" else real(name, *args)
+
+    monkeypatch.setattr(servers_module.importlib.util, "find_spec", find_spec)
+    with pytest.raises(RuntimeError, match=r"pip install 'h3-fastapi\[granian\]'"):
+        Server(example("servers").app, "127.0.0.1", 0, {}, "granian")
+
+
+def test_granian_refuses_header_options_it_cannot_honour() -> None:
+    need(importlib.util.find_spec("granian") is not None, "granian is not installed")
+    with pytest.raises(ValueError, match="granian always adds Date and Server"):
+        Server(example("servers").app, "127.0.0.1", 0, {"server_header": False}, "granian")
+
+
+def test_hypercorn_rejects_an_unknown_option() -> None:
+    need(importlib.util.find_spec("hypercorn") is not None, "hypercorn is not installed")
+    with pytest.raises(TypeError, match="hypercorn has no setting 'ws_max_size'"):
+        Server(example("servers").app, "127.0.0.1", 0, {"ws_max_size": 1}, "hypercorn")
