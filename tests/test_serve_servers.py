@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import signal
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,7 +23,8 @@ from websockets.exceptions import ConnectionClosed
 
 from h3_fastapi import Server, serve
 from h3_fastapi import _servers as servers_module
-from tests.conftest import need
+from tests.conftest import ROOT, free_port, need
+from tests.processes import ChildProcess
 from tests.test_docs import example
 
 TIMEOUT = 5
@@ -87,6 +90,27 @@ async def test_close_ends_an_open_stream_and_a_peer(server: Server) -> None:
         await asyncio.wait_for(server.close(), 10)
         with pytest.raises(ConnectionClosed):
             await asyncio.wait_for(ws.recv(), TIMEOUT)
+
+
+@pytest.mark.matrix  # a child process per server, like the other server-matrix tests
+@pytest.mark.parametrize("name", SERVERS)
+def test_blocking_run_from_a_plain_script(name: str) -> None:
+    """``python servers.py NAME PORT`` serves until SIGTERM, then exits cleanly."""
+    need(importlib.util.find_spec(name) is not None, f"{name} is not installed")
+    port = free_port()
+    script = str(ROOT / "docs" / "examples" / "servers.py")
+    env = {"PYTHONPATH": str(ROOT)}
+    with ChildProcess([sys.executable, script, name, str(port)], env=env, name=name) as child:
+        child.wait_port(port, timeout=30)
+        response = httpx.get(f"http://127.0.0.1:{port}/countdown?start=2", timeout=TIMEOUT)
+        assert response.headers.get_list("server") == [name]
+        assert "data: 2" in response.text and "data: 1" in response.text
+        child.send_signal(signal.SIGTERM)
+        # uvicorn shuts down, then re-raises the signal it caught (its documented way).
+        expected = -signal.SIGTERM if name == "uvicorn" else 0
+        assert child.wait(15) == expected, child.text
+        if name == "uvicorn":
+            assert "Application shutdown complete" in child.text
 
 
 def test_the_message_limit_reaches_the_servers_own_setting() -> None:

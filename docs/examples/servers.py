@@ -1,4 +1,4 @@
-"""One app, any of three ASGI servers: ``python servers.py [uvicorn|hypercorn|granian]``.
+"""One app, any of three ASGI servers: ``python servers.py [uvicorn|hypercorn|granian] [port]``.
 
 A WebSocket echo on ``/echo`` and an SSE countdown on ``/countdown``; the
 handlers cap a message at 64 KiB, and ``serve()`` hands that limit to the
@@ -34,5 +34,6 @@ app.include_router(router)  # after the routes: FastAPI copies them here
 if __name__ == "__main__":
     # --8<-- [start:serve]
     server = sys.argv[1] if len(sys.argv) > 1 else "uvicorn"
-    serve(app, port=3000, server=server)  # blocks until Ctrl+C
+    port = int(sys.argv[2]) if len(sys.argv) > 2 else 3000
+    serve(app, port=port, server=server)  # blocks until Ctrl+C
     # --8<-- [end:serve]
