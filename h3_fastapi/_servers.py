@@ -1,20 +1,23 @@
-"""The ASGI servers ``serve()`` runs in-process: uvicorn (the default), hypercorn, granian.
+"""The ASGI servers ``serve()`` runs in-process: uvicorn (the default) and hypercorn.
 
 Each backend starts its server as a task of the running loop, sets ``started``
 once it accepts connections, and stops on ``request_exit()``. What differs
 between them is mapped here so that ``serve(app, server=...)`` behaves the
 same everywhere:
 
-- one ``Date`` and one ``Server`` per response: each server's own headers are
-  turned off where it can (uvicorn, hypercorn) and ``DefaultHeaders`` adds
-  them only where a response has none; granian already adds its own only
-  where missing, and cannot be told to add none.
+- one ``Date`` and one ``Server`` per response: the server's own headers are
+  turned off and ``DefaultHeaders`` adds them only where a response has none.
 - the largest ``max_message_size`` of the app's handlers becomes the server's
   WebSocket limit (uvicorn ``ws_max_size``, hypercorn
-  ``websocket_max_message_size``); granian has no such setting, so there only
-  the handlers' own check (after assembly) applies.
+  ``websocket_max_message_size``).
 - open SSE streams and WebSocket peers are closed before the server waits
   for connections to finish (``notify_server_exit``).
+
+granian is not one of them: it runs its own worker processes and its Rust
+runtime, and its embedded (in-process) server, which granian calls
+experimental, can abort the process on exit (granian issue #693; seen here
+in 5 of 12 runs) and sometimes hung on shutdown with a stream open. Run it
+with its own command instead (docs/servers.md).
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +35,14 @@ from ._shutdown import notify_server_exit
 __all__ = ["SERVERS", "Backend", "make_backend"]
 
 # server name -> the package it needs (and the pip name to install).
-SERVERS = {"uvicorn": "uvicorn", "hypercorn": "hypercorn", "granian": "granian"}
+SERVERS = {"uvicorn": "uvicorn", "hypercorn": "hypercorn"}
+
+GRANIAN_RECIPE = (
+    "serve(server='granian') is not supported: granian runs the app in its own worker"
+    " process and Rust runtime, and its in-process embedded server is experimental (it can"
+    " abort the process on exit). Run granian's command instead, e.g."
+    " `granian --interface asgi --loop uvloop module:app`; see docs/servers.md"
+)
 
 
 class Backend:
@@ -78,6 +87,8 @@ class Backend:
 
 def make_backend(server: str, app: Any, host: str, port: int, options: dict[str, Any]) -> Backend:
     """The backend for ``server``; a clear error for an unknown name or a missing package."""
+    if server == "granian":
+        raise ValueError(GRANIAN_RECIPE)
     if server not in SERVERS:
         raise ValueError(
             f"serve(): unknown server {server!r}; choose one of {', '.join(map(repr, SERVERS))}"
@@ -88,11 +99,7 @@ def make_backend(server: str, app: Any, host: str, port: int, options: dict[str,
             f"serve(server={server!r}) needs the {package!r} package:"
             f" pip install 'h3-fastapi[{server}]' (or pip install {package})"
         )
-    backend: type[Backend] = {
-        "uvicorn": _Uvicorn,
-        "hypercorn": _Hypercorn,
-        "granian": _Granian,
-    }[server]
+    backend: type[Backend] = {"uvicorn": _Uvicorn, "hypercorn": _Hypercorn}[server]
     return backend(app, host, port, options)
 
 
@@ -207,52 +214,6 @@ class _Hypercorn(Backend):
 
     def request_exit(self) -> None:
         self.exit.set()
-
-    def failure(self) -> str | None:
-        return self.probe.failed
-
-
-# --- granian ------------------------------------------------------------------------
-
-
-def _free_port(host: str) -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-class _Granian(Backend):
-    """granian's embedded server (``granian.server.embed``; granian calls it experimental).
-
-    Its Rust runtime does the HTTP and WebSocket work on its own thread and
-    calls the app on this loop. It binds by port number only, so ``port=0``
-    picks a free port first.
-    """
-
-    name = "granian"
-
-    def __init__(self, app: Any, host: str, port: int, options: dict[str, Any]) -> None:
-        from granian.constants import Interfaces
-        from granian.server.embed import Server as Embedded
-
-        super().__init__(app, host, port or _free_port(host), options)
-        self.probe = _StartupProbe(app, self.started)
-        options.setdefault("interface", Interfaces.ASGI)
-        self.config = options
-        self.server = Embedded(self.probe, address=host, port=self.port, **options)
-        self._stopping: asyncio.Task[None] | None = None
-
-    async def serve(self) -> None:
-        await self.server.serve()
-
-    def request_exit(self) -> None:
-        if self._stopping is None:
-            self._stopping = asyncio.get_running_loop().create_task(self._stop())
-
-    async def _stop(self) -> None:
-        await notify_server_exit()
-        self.server.stop()  # type: ignore[no-untyped-call]
 
     def failure(self) -> str | None:
         return self.probe.failed

@@ -393,7 +393,7 @@ class Server:
         server: str = "uvicorn",
     ) -> None:
         options.setdefault("log_level", "info")
-        if isinstance(app, str) and server != "uvicorn":
+        if isinstance(app, str) and server == "hypercorn":
             app = _import_app(app)  # only uvicorn takes "module:app" itself
         if not isinstance(app, str):
             app = _prepare(app, server, options)
@@ -479,12 +479,6 @@ def _prepare(app: Any, server: str, options: dict[str, Any]) -> Any:
         if size is not None:
             options.setdefault("websocket_max_message_size", size)
         options.update(include_server_header=False, include_date_header=False)
-    elif server == "granian" and not (server_header and date):
-        # granian adds its own Date and Server wherever a response has none.
-        raise ValueError(
-            "serve(server='granian'): granian always adds Date and Server where a"
-            " response has none; server_header=False and date_header=False are not supported"
-        )
     return DefaultHeaders(app, date=date, server=server if server_header else None)
 
 
@@ -497,19 +491,20 @@ def serve(
     server: str = "uvicorn",
     **server_options: Any,
 ) -> Server:
-    """Serve ``app`` like h3's ``serve(app)``: uvicorn, or ``server="hypercorn"``/``"granian"``.
+    """Serve ``app`` like h3's ``serve(app)``: with uvicorn, or ``server="hypercorn"``.
 
     Inside a running event loop it starts in the background and returns a
     ``Server`` (``await server.ready()``). From a plain script (no running
     loop) it blocks until the server stops. ``server_options`` go to the
-    server's own settings (``uvicorn.Config``, hypercorn's ``Config``
-    attributes, granian's embedded ``Server``).
+    server's own settings (``uvicorn.Config``, or hypercorn's ``Config``
+    attributes). ``server="granian"`` raises ``ValueError`` with the command
+    to run instead (granian runs its own processes).
 
     Every response carries one ``Date`` and one ``Server: <server>``, added only
     where the app (or a proxied upstream) set none; the server's own, which
     uvicorn and hypercorn add unconditionally, are turned off.
-    ``server_header=False`` / ``date_header=False`` leave them out (not on
-    granian, which adds its own where missing). See docs/servers.md.
+    ``server_header=False`` / ``date_header=False`` leave them out. See
+    docs/servers.md.
     """
     handle = Server(app, host, port, server_options, server)
     if block is None:

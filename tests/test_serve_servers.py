@@ -2,9 +2,10 @@
 
 Each server runs in this process on 127.0.0.1 (port 0) and is driven by real
 clients: a WebSocket echo, an SSE stream, one ``Date`` and one ``Server`` per
-response, the message limit, a clean shutdown with a stream still open. Then
-the errors: an unknown server name, a missing package, options a server cannot
-honour.
+response, the message limit, a clean shutdown with a stream still open; and
+from a plain script until SIGTERM. Then the errors: an unknown server name, a
+missing package, granian (refused with the command to run instead, and that
+command checked on the same example app).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from tests.test_docs import example
 
 TIMEOUT = 5
 LIMIT = 64 * 1024
-SERVERS = ["uvicorn", "hypercorn", "granian"]
+SERVERS = ["uvicorn", "hypercorn"]
 
 
 @pytest.fixture(params=SERVERS)
@@ -131,20 +132,44 @@ def test_missing_package_names_what_to_install(monkeypatch: pytest.MonkeyPatch) 
     real = importlib.util.find_spec
 
     def find_spec(name: str, *args: Any) -> Any:
-        return None if name == "granian" else real(name, *args)
+        return None if name == "hypercorn" else real(name, *args)
 
     monkeypatch.setattr(servers_module.importlib.util, "find_spec", find_spec)
-    with pytest.raises(RuntimeError, match=r"pip install 'h3-fastapi\[granian\]'"):
-        Server(example("servers").app, "127.0.0.1", 0, {}, "granian")
+    with pytest.raises(RuntimeError, match=r"pip install 'h3-fastapi\[hypercorn\]'"):
+        Server(example("servers").app, "127.0.0.1", 0, {}, "hypercorn")
 
 
-def test_granian_refuses_header_options_it_cannot_honour() -> None:
-    need(importlib.util.find_spec("granian") is not None, "granian is not installed")
-    with pytest.raises(ValueError, match="granian always adds Date and Server"):
-        Server(example("servers").app, "127.0.0.1", 0, {"server_header": False}, "granian")
+def test_granian_is_refused_with_the_command_to_run() -> None:
+    with pytest.raises(ValueError, match=r"granian --interface asgi .*docs/servers.md"):
+        serve(example("servers").app, server="granian", block=False)
 
 
 def test_hypercorn_rejects_an_unknown_option() -> None:
     need(importlib.util.find_spec("hypercorn") is not None, "hypercorn is not installed")
     with pytest.raises(TypeError, match="hypercorn has no setting 'ws_max_size'"):
         Server(example("servers").app, "127.0.0.1", 0, {"ws_max_size": 1}, "hypercorn")
+
+
+@pytest.mark.matrix
+async def test_the_granian_recipe_serves_the_example() -> None:
+    """docs/servers.md's granian command, on the same app: echo, SSE, headers, limit."""
+    need(importlib.util.find_spec("granian") is not None, "granian is not installed")
+    port = free_port()
+    command = [sys.executable, "-m", "granian", "--interface", "asgi", "--loop", "uvloop",
+               "--host", "127.0.0.1", "--port", str(port), "servers:app"]  # fmt: skip
+    cwd, env = ROOT / "docs" / "examples", {"PYTHONPATH": str(ROOT)}
+    with ChildProcess(command, cwd=cwd, env=env, name="granian") as child:
+        child.wait_port(port, timeout=30)
+        url = f"ws://127.0.0.1:{port}/echo"
+        async with websockets.connect(url, max_size=None) as ws:
+            await ws.send("hello")
+            assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "hello"
+            await ws.send("x" * (LIMIT + 1))  # granian has no limit: the handler's 1009
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), TIMEOUT)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+            response = await client.get(f"http://127.0.0.1:{port}/countdown?start=2")
+        assert response.text.count("data: ") == 2
+        assert response.headers.get_list("server") == ["granian"]
+        assert len(response.headers.get_list("date")) == 1

@@ -1,8 +1,9 @@
-"""One app, any of three ASGI servers: ``python servers.py [uvicorn|hypercorn|granian] [port]``.
+"""One app on uvicorn or hypercorn: ``python servers.py [uvicorn|hypercorn] [port]``.
 
-A WebSocket echo on ``/echo`` and an SSE countdown on ``/countdown``; the
-handlers cap a message at 64 KiB, and ``serve()`` hands that limit to the
-server where it has a setting for it (uvicorn, hypercorn).
+A WebSocket echo on ``/echo`` and an SSE countdown on ``/countdown``. The
+handler caps a message at 64 KiB, and ``serve()`` hands that limit to the
+server, which then refuses a bigger message while it arrives. On granian:
+``granian --interface asgi --loop uvloop servers:app``.
 """
 
 import sys
