@@ -1,8 +1,9 @@
-"""The six workloads, their variants (this library and its anchors) and targets.
+"""The seven workloads, their variants (this library and its anchors) and targets.
 
 Each measurement starts a fresh server for one variant, runs one load
 generator against it and returns the load generator's result plus the
-server's CPU and memory. ``value`` is the headline number of a sample.
+server's CPU and memory. ``value`` is the headline number of a sample. The last
+workload, the server matrix, reruns echo, broadcast and SSE on every ASGI server.
 """
 
 from __future__ import annotations
