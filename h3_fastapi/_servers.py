@@ -28,6 +28,7 @@ import importlib.util
 from collections.abc import Callable
 from typing import Any
 
+import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._shutdown import notify_server_exit
@@ -136,32 +137,46 @@ class _StartupProbe:
 # --- uvicorn ------------------------------------------------------------------------
 
 
+class _UvicornServer(uvicorn.Server):
+    """uvicorn's server with a ``started`` event instead of a polled flag."""
+
+    def __init__(self, config: uvicorn.Config, started: asyncio.Event) -> None:
+        super().__init__(config)
+        self.started_event = started
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        self.started_event.set()
+
+
 class _Uvicorn(Backend):
     name = "uvicorn"
 
     def __init__(self, app: Any, host: str, port: int, options: dict[str, Any]) -> None:
-        import uvicorn
-
         super().__init__(app, host, port, options)
         self.config = uvicorn.Config(app, host=host, port=port, **options)
-        started = self.started
+        self.server = _UvicornServer(self.config, self.started)
 
-        class _Server(uvicorn.Server):
-            async def startup(self, sockets: Any = None) -> None:
-                await super().startup(sockets)
-                started.set()
-
-        self.server = _Server(self.config)
+    def _fresh(self) -> None:
+        """A new uvicorn server once one stopped, so a closed ``Server`` can start again."""
+        self.started = asyncio.Event()
+        self.server = _UvicornServer(self.config, self.started)
 
     async def serve(self) -> None:
-        await self.server.serve()
+        try:
+            await self.server.serve()
+        finally:
+            self._fresh()
 
     def request_exit(self) -> None:
         self.server.should_exit = True
 
     def run(self) -> None:
         """uvicorn's own ``run()``: its loop setting and signal handling."""
-        self.server.run()
+        try:
+            self.server.run()
+        finally:
+            self._fresh()
 
     def bound_port(self) -> int | None:
         for server in self.server.servers:
@@ -206,7 +221,12 @@ class _Hypercorn(Backend):
             self.port = int(sock.getsockname()[1])
         probe: Any = self.probe
         app = wrap_app(probe, self.config.wsgi_max_body_size, "asgi")
-        await worker_serve(app, self.config, sockets=sockets, shutdown_trigger=self._exit_asked)
+        try:
+            await worker_serve(app, self.config, sockets=sockets, shutdown_trigger=self._exit_asked)
+        finally:
+            # Ready for another start.
+            self.exit = asyncio.Event()
+            self.started = self.probe.done = asyncio.Event()
 
     async def _exit_asked(self) -> None:
         await self.exit.wait()

@@ -93,6 +93,20 @@ async def test_close_ends_an_open_stream_and_a_peer(server: Server) -> None:
             await asyncio.wait_for(ws.recv(), TIMEOUT)
 
 
+@pytest.mark.parametrize("name", SERVERS)
+async def test_a_closed_server_starts_again(name: str) -> None:
+    need(importlib.util.find_spec(name) is not None, f"{name} is not installed")
+    handle = serve(example("servers").app, port=0, server=name, log_level="warning")
+    for _ in range(2):
+        await asyncio.wait_for(handle.ready(), 15)
+        async with httpx.AsyncClient(base_url=handle.url, timeout=TIMEOUT) as client:
+            response = await client.get("/countdown", params={"start": 1})
+        assert response.status_code == 200
+        await asyncio.wait_for(handle.close(), 15)
+        handle.start()
+    await asyncio.wait_for(handle.close(), 15)
+
+
 @pytest.mark.matrix  # a child process per server, like the other server-matrix tests
 @pytest.mark.parametrize("name", SERVERS)
 def test_blocking_run_from_a_plain_script(name: str) -> None:
