@@ -98,6 +98,7 @@ def _run_workload(
         "unit": workload.unit,
         "higher_is_better": workload.higher_is_better,
         "describe": workload.describe,
+        "anchor": workload.anchor,
         "cases": cases,
     }
     return summary

@@ -1,7 +1,8 @@
 """Processes of a benchmark: servers pinned to one core, load generators to the other.
 
 A server is started with ``taskset -c 0`` (uvicorn with the same settings for
-every Python server, or ``node`` for the h3 anchors) and polled until it
+every Python server, or ``node`` for the h3 anchors; the server matrix also
+runs other uvicorn stacks, hypercorn and granian) and polled until it
 accepts connections. A load generator (``bench/load/*.mjs``) runs with
 ``taskset -c 1`` and reports JSON lines; around its measured window the
 harness samples the server's CPU time and both cores' busy time, so every
@@ -67,30 +68,66 @@ class BenchError(RuntimeError):
 
 @dataclass(frozen=True)
 class ServerSpec:
-    """How to start one server: a uvicorn ``module:app`` or a Node script in ``bench/node``."""
+    """How to start one server: a Python ``module:app`` or a Node script in ``bench/node``.
+
+    ``server`` picks the ASGI server of a Python target: ``uvicorn`` (the default,
+    ``UVICORN_ARGS``; ``stack`` swaps its loop, HTTP parser and WebSocket
+    implementation), ``hypercorn`` or ``granian`` (``stack``: the loop). Every
+    server runs one worker, bound to 127.0.0.1 with the same backlog and no
+    access log; ``args`` are appended as given.
+    """
 
     kind: str  # "python" | "node"
     target: str
     args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     core: int = SERVER_CORE
+    server: str = "uvicorn"  # "uvicorn" | "hypercorn" | "granian" (kind "python" only)
+    stack: tuple[str, ...] = ()
 
     def command(self, port: int) -> list[str]:
         pin = ["taskset", "-c", str(self.core)]
         if self.kind == "python":
-            return [
-                *pin,
-                sys.executable,
-                "-m",
-                "uvicorn",
-                self.target,
-                *UVICORN_ARGS,
-                "--port",
-                str(port),
-                *self.args,
-            ]
+            build = SERVER_COMMANDS.get(self.server)
+            if build is None:
+                raise BenchError(f"unknown server {self.server!r}; one of {list(SERVER_COMMANDS)}")
+            return [*pin, sys.executable, "-m", *build(self, port), *self.args]
         script = self.target if "/" in self.target else str(NODE_DIR / self.target)
         return [*pin, "node", script, str(port), *self.args]
+
+
+def _uvicorn(spec: ServerSpec, port: int) -> list[str]:
+    args = list(UVICORN_ARGS)
+    if spec.stack:
+        loop, http, ws = spec.stack
+        for flag, value in (("--loop", loop), ("--http", http), ("--ws", ws)):
+            args[args.index(flag) + 1] = value
+    return ["uvicorn", spec.target, *args, "--port", str(port)]
+
+
+def _hypercorn(spec: ServerSpec, port: int) -> list[str]:
+    # One worker; asyncio unless ``stack`` says ("uvloop",). No access log by default.
+    worker = spec.stack[0] if spec.stack else "asyncio"
+    return ["hypercorn", spec.target, "--bind", f"127.0.0.1:{port}", "--workers", "1",
+            "--worker-class", worker, "--backlog", "4096", "--log-level", "warning",
+            "--graceful-timeout", "2"]  # fmt: skip
+
+
+def _granian(spec: ServerSpec, port: int) -> list[str]:
+    # One worker process, one Rust runtime thread, single-threaded runtime: the
+    # whole server stays on the pinned core like the others.
+    loop = spec.stack[0] if spec.stack else "uvloop"
+    return ["granian", "--interface", "asgi", "--host", "127.0.0.1", "--port", str(port),
+            "--workers", "1", "--runtime-threads", "1", "--runtime-mode", "st",
+            "--loop", loop, "--backlog", "4096", "--log-level", "warning",
+            "--no-access-log", "--workers-kill-timeout", "2", spec.target]  # fmt: skip
+
+
+SERVER_COMMANDS: dict[str, Callable[[ServerSpec, int], list[str]]] = {
+    "uvicorn": _uvicorn,
+    "hypercorn": _hypercorn,
+    "granian": _granian,
+}
 
 
 def _raise_nofile() -> None:
@@ -140,10 +177,25 @@ class Server:
     def url(self, path: str, scheme: str = "http") -> str:
         return f"{scheme}://127.0.0.1:{self.port}{path}"
 
+    def processes(self) -> list[psutil.Process]:
+        """The server process and its children (granian serves from a worker process)."""
+        try:
+            return [self.ps, *self.ps.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return [self.ps]
+
     def cpu_seconds(self) -> float:
-        """User + system CPU seconds of the server (all its threads)."""
-        times = self.ps.cpu_times()
-        return float(times.user + times.system)
+        """User + system CPU seconds of the server (all its threads and child processes)."""
+        total = 0.0
+        for process in self.processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = process.cpu_times()
+                total += times.user + times.system
+        return total
+
+    def worker_pid(self) -> int:
+        """The process that runs the app: the last child if any (py-spy records it)."""
+        return self.processes()[-1].pid
 
     def rss_kib(self) -> int:
         return _status_kib(self.pid, "VmRSS")
@@ -174,14 +226,23 @@ def _wait_listening(server: Server, timeout: float) -> None:
 
 
 def _stop(process: subprocess.Popen[bytes], grace: float = 3.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace``; worker processes left behind get SIGKILL too."""
     if process.poll() is not None:
         return
+    try:
+        children = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
     process.send_signal(signal.SIGTERM)
     try:
         process.wait(grace)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(10)
+    _, alive = psutil.wait_procs(children, timeout=grace)
+    for child in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
 
 
 @contextlib.contextmanager
@@ -378,7 +439,7 @@ def run_load(
                     marks[event] = (time.monotonic(), psutil.cpu_times(percpu=True), cpu, read)
                     if profiler is not None and server is not None:
                         if event == "window_start":
-                            profiler.start(server.pid)
+                            profiler.start(server.worker_pid())
                         else:
                             profiler.stop()
                 elif event is not None:

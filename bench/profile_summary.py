@@ -28,6 +28,9 @@ COMPONENTS = (
     ("site-packages/aiohttp/", "aiohttp"),
     ("site-packages/httpx_aiohttp/", "httpx-aiohttp"),
     ("site-packages/h11/", "h11"),
+    ("site-packages/wsproto/", "wsproto (frames)"),
+    ("site-packages/hypercorn/", "hypercorn"),
+    ("site-packages/granian/", "granian (Python side)"),
     ("/asyncio/", "asyncio"),
     ("site-packages/uvloop/", "uvloop"),
 )

@@ -122,6 +122,32 @@ def _verdict(met: bool | None) -> str:
     return {True: "met", False: "**missed**", None: "—"}[met]
 
 
+def _fastest(case: dict[str, Any], anchor_key: str, higher_is_better: bool) -> str:
+    """``Fastest ...: <server>``, with its ratio to the anchor, raw and per server CPU-second."""
+    measured = [
+        v for v in case["variants"] if v["key"] != anchor_key and v.get("median") is not None
+    ]
+    anchor = next((v for v in case["variants"] if v["key"] == anchor_key), None)
+    if not measured:
+        return f"- **{case['key']}**: no server measured."
+    pick = max if higher_is_better else min
+    best = pick(measured, key=lambda v: v["median"])
+    text = f"- **{case['key']}**: fastest is **{best['label']}** ({_fmt(best['median'])}"
+    if anchor and anchor.get("median"):
+        text += f", {best['median'] / anchor['median']:.2f}x {anchor['label']}"
+    text += ")"
+    with_cpu = [v for v in measured if v.get("median_per_cpu")]
+    if with_cpu:
+        cpu_best = pick(with_cpu, key=lambda v: v["median_per_cpu"])
+        text += (
+            f"; per server CPU-second: **{cpu_best['label']}** ({_fmt(cpu_best['median_per_cpu'])}"
+        )
+        if anchor and anchor.get("median_per_cpu"):
+            text += f", {cpu_best['median_per_cpu'] / anchor['median_per_cpu']:.2f}x Node"
+        text += ")"
+    return text + "."
+
+
 def markdown(data: dict[str, Any]) -> str:
     """The results as Markdown: targets first, then one table per workload."""
     meta = data["meta"]
@@ -160,10 +186,12 @@ def markdown(data: dict[str, Any]) -> str:
         better = "higher is better" if workload["higher_is_better"] else "lower is better"
         proxy = workload["key"] == "proxy"
         memory = workload["key"] == "memory"
-        head = f"| Case | Variant | Median ({workload['unit']}, {better}) | h3-fastapi vs this |"
+        anchor_key = workload.get("anchor")
+        versus_head = "this vs h3 on Node" if anchor_key else "h3-fastapi vs this"
+        head = f"| Case | Variant | Median ({workload['unit']}, {better}) | {versus_head} |"
         rule = "|---|---|---|---|"
         if not memory:
-            head += " Per server CPU-s | h3-fastapi vs this (per CPU-s) |"
+            head += f" Per server CPU-s | {versus_head} (per CPU-s) |"
             rule += "---|---|"
         if proxy:
             head += " MiB/s | Peak RSS (MiB) |"
@@ -174,15 +202,21 @@ def markdown(data: dict[str, Any]) -> str:
         head += " Load gen CPU | Server CPU | Runs |"
         rule += "---|---|---|"
         lines += [head, rule]
+        fastest_lines: list[str] = []
         for case in workload["cases"]:
-            subject = next((v for v in case["variants"] if v["key"] == SUBJECT), None)
+            if anchor_key:
+                fastest_lines.append(_fastest(case, anchor_key, workload["higher_is_better"]))
+            subject_key = anchor_key or SUBJECT
+            subject = next((v for v in case["variants"] if v["key"] == subject_key), None)
             subject_value = subject["median"] if subject else None
             for index, variant in enumerate(case["variants"]):
                 value = variant["median"]
-                if variant["key"] == SUBJECT or value is None or subject_value is None:
+                if variant["key"] == subject_key or value is None or subject_value is None:
                     versus = "—"
                 elif memory:
                     versus = f"{subject_value - value:+.2f} KiB"
+                elif anchor_key:
+                    versus = f"{value / subject_value:.2f}x" if subject_value else "—"
                 else:
                     versus = f"{subject_value / value:.2f}x" if value else "—"
                 runs = " / ".join(_fmt(r.get("value")) for r in variant["runs"] if "value" in r)
@@ -196,8 +230,9 @@ def markdown(data: dict[str, Any]) -> str:
                     per_cpu = variant.get("median_per_cpu")
                     subject_cpu = subject.get("median_per_cpu") if subject else None
                     cpu_versus = "—"
-                    if variant["key"] != SUBJECT and per_cpu and subject_cpu:
-                        cpu_versus = f"{subject_cpu / per_cpu:.2f}x"
+                    if variant["key"] != subject_key and per_cpu and subject_cpu:
+                        ratio = per_cpu / subject_cpu if anchor_key else subject_cpu / per_cpu
+                        cpu_versus = f"{ratio:.2f}x"
                     row += f" {_fmt(per_cpu)} | {cpu_versus} |"
                 if proxy:
                     row += f" {_fmt(variant.get('median_mib_per_s'))} |"
@@ -207,6 +242,8 @@ def markdown(data: dict[str, Any]) -> str:
                 row += f" {_pct(variant.get('median_load_cpu_pct'))} |"
                 row += f" {_pct(variant.get('median_server_cpu_pct'))} | {runs} |"
                 lines.append(row)
+        if fastest_lines:
+            lines += ["", *fastest_lines]
     lines += [
         "",
         "Load gen CPU: the Node load generator's CPU over the measured window, in percent of"

@@ -2,12 +2,15 @@
 
 Each measurement starts a fresh server for one variant, runs one load
 generator against it and returns the load generator's result plus the
-server's CPU and memory. ``value`` is the headline number of a sample.
+server's CPU and memory. ``value`` is the headline number of a sample. The last
+workload, the server matrix, reruns echo, broadcast and SSE on every ASGI server.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import importlib.util
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -106,6 +109,8 @@ class Workload:
     targets: list[Target]
     measure: Callable[[Workload, Variant, Case, Settings, dict[str, Any]], dict[str, Any]]
     describe: str = ""
+    # The variant every row is compared with instead of h3-fastapi (the server matrix).
+    anchor: str | None = None
     context: Callable[[], contextlib.AbstractContextManager[dict[str, Any]]] = lambda: (
         contextlib.nullcontext({})
     )
@@ -834,6 +839,130 @@ BACKPLANES = Workload(
     ),
 )
 
+
+# --- 7. The server matrix: one app on every Python ASGI server ------------------------
+
+# Each case runs one of the workloads above, with its load generator and sizes,
+# on h3-fastapi's route: (measure, ws or sse app, path, Node script, Node path).
+_MATRIX_CASES: dict[str, tuple[Any, str, str, str, str]] = {
+    "echo": (_measure_echo, f"{WS_APPS}:h3", "/echo", "ws_server.mjs", "/echo"),
+    "broadcast": (_measure_broadcast, f"{WS_APPS}:h3", "/broadcast", "ws_server.mjs", "/broadcast"),
+    "sse 10 streams": (_measure_sse, SSE_APP, "/h3", "sse_server.mjs", "/sse"),
+    "sse 100 streams": (_measure_sse, SSE_APP, "/h3", "sse_server.mjs", "/sse"),
+}
+MATRIX_ANCHOR = "node-h3"
+
+
+def _measure_matrix(
+    workload: Workload, variant: Variant, case: Case, settings: Settings, ctx: dict[str, Any]
+) -> dict[str, Any]:
+    """Run the case's own workload on this variant's server, serving h3-fastapi's route."""
+    assert variant.server is not None
+    measure, app, path, script, node_path = _MATRIX_CASES[case.key]
+    if variant.server.kind == "node":
+        spec, path = dataclasses.replace(variant.server, target=script), node_path
+    else:
+        spec = dataclasses.replace(variant.server, target=app)
+    return dict(
+        measure(workload, Variant(variant.key, variant.label, spec, path), case, settings, ctx)
+    )
+
+
+def _server(key: str, label: str, server: str, *stack: str, needs: str = "") -> Variant:
+    def available() -> bool:
+        return not needs or importlib.util.find_spec(needs) is not None
+
+    return Variant(key, label, ServerSpec("python", "", server=server, stack=stack), "", available)
+
+
+def _matrix_case(key: str, source: Case) -> Case:
+    return Case(key, source.args, source.quick_args)
+
+
+SERVERS = Workload(
+    key="servers",
+    title="Server matrix: h3-fastapi on every Python ASGI server",
+    unit="messages, deliveries or events/s",
+    higher_is_better=True,
+    variants=[
+        _server(
+            "uvicorn-sansio-uvloop",
+            "uvicorn websockets-sansio, uvloop + httptools",
+            "uvicorn",
+            "uvloop",
+            "httptools",
+            "websockets-sansio",
+        ),
+        _server(
+            "uvicorn-sansio-asyncio",
+            "uvicorn websockets-sansio, asyncio + h11",
+            "uvicorn",
+            "asyncio",
+            "h11",
+            "websockets-sansio",
+        ),
+        _server(
+            "uvicorn-websockets-uvloop",
+            "uvicorn websockets (legacy), uvloop + httptools",
+            "uvicorn",
+            "uvloop",
+            "httptools",
+            "websockets",
+        ),
+        _server(
+            "uvicorn-websockets-asyncio",
+            "uvicorn websockets (legacy), asyncio + h11",
+            "uvicorn",
+            "asyncio",
+            "h11",
+            "websockets",
+        ),
+        _server(
+            "uvicorn-wsproto-uvloop",
+            "uvicorn wsproto, uvloop + httptools",
+            "uvicorn",
+            "uvloop",
+            "httptools",
+            "wsproto",
+            needs="wsproto",
+        ),
+        _server(
+            "uvicorn-wsproto-asyncio",
+            "uvicorn wsproto, asyncio + h11",
+            "uvicorn",
+            "asyncio",
+            "h11",
+            "wsproto",
+            needs="wsproto",
+        ),
+        _server("hypercorn", "hypercorn (asyncio)", "hypercorn", "asyncio", needs="hypercorn"),
+        _server(
+            "hypercorn-uvloop", "hypercorn, uvloop worker", "hypercorn", "uvloop", needs="hypercorn"
+        ),
+        _server("granian", "granian ASGI, uvloop", "granian", "uvloop", needs="granian"),
+        _server("granian-asyncio", "granian ASGI, asyncio", "granian", "asyncio", needs="granian"),
+        Variant(MATRIX_ANCHOR, "h3 v2 + crossws (Node)", ServerSpec("node", ""), "", _node_anchors),
+    ],
+    cases=[
+        _matrix_case("echo", ECHO.cases[0]),
+        _matrix_case("broadcast", BROADCAST.cases[0]),
+        _matrix_case("sse 10 streams", SSE.cases[0]),
+        _matrix_case("sse 100 streams", SSE.cases[1]),
+    ],
+    targets=[],
+    measure=_measure_matrix,
+    anchor=MATRIX_ANCHOR,
+    describe=(
+        "The same h3-fastapi routes as the echo (messages/s), broadcast (deliveries/s) and SSE"
+        " (events/s) workloads, with the same load generators and sizes, on each Python ASGI"
+        " server: uvicorn with each WebSocket implementation, each with uvloop + httptools and"
+        " with asyncio + h11; hypercorn (its asyncio and uvloop workers); granian's ASGI"
+        " interface (one worker, one single-threaded Rust runtime, uvloop or asyncio). One"
+        " worker each, the whole process tree pinned to the server core. The last column is"
+        " each server against h3 v2 (+ crossws) on Node."
+    ),
+)
+
 WORKLOADS: dict[str, Workload] = {
-    w.key: w for w in (ECHO, ECHO_JSON, BROADCAST, SSE, PROXY, MEMORY, BACKPLANES)
+    w.key: w for w in (ECHO, ECHO_JSON, BROADCAST, SSE, PROXY, MEMORY, BACKPLANES, SERVERS)
 }

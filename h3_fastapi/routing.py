@@ -17,7 +17,6 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
 
-import uvicorn
 from fastapi import APIRouter, FastAPI, params
 from starlette.requests import Request
 from starlette.responses import Response
@@ -29,6 +28,7 @@ from ._event_stream import EventStream
 from ._hooks import call_maybe_async
 from ._responses import to_response
 from ._server_headers import DefaultHeaders
+from ._servers import make_backend
 from .pubsub import PubSub
 from .websocket import HOOK_NAMES, WebSocketHandler, define_websocket_handler
 
@@ -381,41 +381,32 @@ def _merge(inner: Any, router: Any) -> Any:
     return lifespan
 
 
-class _Uvicorn(uvicorn.Server):
-    """uvicorn's server with a ``started`` event instead of a polled flag."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.started_event = asyncio.Event()
-
-    async def startup(self, sockets: Any = None) -> None:
-        await super().startup(sockets)
-        self.started_event.set()
-
-
 class Server:
     """A running server started by ``serve``: ``url``, ``await ready()``, ``await close()``."""
 
-    def __init__(self, app: Any, host: str, port: int, options: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        app: Any,
+        host: str,
+        port: int,
+        options: dict[str, Any],
+        server: str = "uvicorn",
+    ) -> None:
         options.setdefault("log_level", "info")
+        if isinstance(app, str) and server == "hypercorn":
+            app = _import_app(app)  # only uvicorn takes "module:app" itself
         if not isinstance(app, str):
-            # The server refuses an oversized message while its fragments arrive,
-            # before assembling it in memory (max_message_size checks it after).
-            size = ws_max_size(app)
-            if size is not None:
-                options.setdefault("ws_max_size", size)
-            # One Date and one Server per response: uvicorn would add its own next
-            # to a proxied upstream's, so it adds none and the wrapper fills in
-            # only what a response lacks ("module:app" strings are left to uvicorn).
-            server = "uvicorn" if options.pop("server_header", True) else None
-            date = bool(options.pop("date_header", True))
-            app = DefaultHeaders(app, date=date, server=server)
-            options.update(server_header=False, date_header=False)
-        self.config = uvicorn.Config(app, host=host, port=port, **options)
+            app = _prepare(app, server, options)
+        self._backend = make_backend(server, app, host, port, options)
+        self.server = server
+        self.config = self._backend.config
         self.host = host
-        self.port = port
-        self._server: _Uvicorn | None = None
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        """The port (the real one once started with ``port=0``)."""
+        return self._backend.port
 
     @property
     def url(self) -> str:
@@ -425,43 +416,70 @@ class Server:
             host = f"[{host}]"
         return f"http://{host}:{self.port}/"
 
-    def _bound_port(self) -> None:
-        server = self._server
-        if server is not None and server.servers:
-            sockets = server.servers[0].sockets
-            if sockets:
-                self.port = sockets[0].getsockname()[1]
-
     def start(self) -> Server:
         """Start serving as a task of the running loop."""
-        self._server = _Uvicorn(self.config)
-        self._task = asyncio.get_running_loop().create_task(self._server.serve())
+        self._task = asyncio.get_running_loop().create_task(self._backend.serve())
         return self
 
     async def ready(self) -> Server:
         """Wait until the server accepts connections."""
-        if self._server is None:
+        if self._task is None:
             self.start()
-        assert self._server is not None and self._task is not None
-        started = asyncio.ensure_future(self._server.started_event.wait())
+        assert self._task is not None
+        backend = self._backend
+        started = asyncio.ensure_future(backend.started.wait())
         await asyncio.wait({started, self._task}, return_when=asyncio.FIRST_COMPLETED)
-        if not self._server.started_event.is_set():
+        failure = backend.failure()
+        if not backend.started.is_set() or failure is not None:
             started.cancel()
-            raise RuntimeError(f"server failed to start on {self.host}:{self.port}")
-        self._bound_port()
+            reason = f": {failure}" if failure else ""
+            raise RuntimeError(f"{self.server} failed to start on {self.host}:{self.port}{reason}")
+        port = backend.bound_port()
+        if port:
+            backend.port = port
         return self
 
     async def close(self) -> None:
         """Stop accepting, close open connections and wait for shutdown."""
-        if self._server is None or self._task is None:
+        if self._task is None:
             return
-        self._server.should_exit = True
+        self._backend.request_exit()
         await asyncio.wait({self._task})
 
     def run(self) -> None:
         """Serve in the foreground until interrupted."""
-        self._server = _Uvicorn(self.config)
-        self._server.run()
+        self._backend.run()
+
+
+def _import_app(target: str) -> Any:
+    """``"module:attr"`` -> the object."""
+    import importlib
+
+    module, _, attr = target.partition(":")
+    if not module or not attr:
+        raise ValueError(f"serve(): app {target!r} is not in the form 'module:attribute'")
+    return functools.reduce(getattr, attr.split("."), importlib.import_module(module))
+
+
+def _prepare(app: Any, server: str, options: dict[str, Any]) -> Any:
+    """Map the WebSocket limit and the Date/Server headers onto ``server``'s settings."""
+    server_header = bool(options.pop("server_header", True))
+    date = bool(options.pop("date_header", True))
+    # The server refuses an oversized message while its fragments arrive,
+    # before assembling it in memory (max_message_size checks it after).
+    size = ws_max_size(app)
+    if server == "uvicorn":
+        if size is not None:
+            options.setdefault("ws_max_size", size)
+        # One Date and one Server per response: uvicorn would add its own next
+        # to a proxied upstream's, so it adds none and the wrapper fills in
+        # only what a response lacks ("module:app" strings are left to uvicorn).
+        options.update(server_header=False, date_header=False)
+    elif server == "hypercorn":
+        if size is not None:
+            options.setdefault("websocket_max_message_size", size)
+        options.update(include_server_header=False, include_date_header=False)
+    return DefaultHeaders(app, date=date, server=server if server_header else None)
 
 
 def serve(
@@ -470,20 +488,25 @@ def serve(
     port: int = 3000,
     *,
     block: bool | None = None,
-    **uvicorn_options: Any,
+    server: str = "uvicorn",
+    **server_options: Any,
 ) -> Server:
-    """Serve ``app`` with uvicorn, like h3's ``serve(app)``.
+    """Serve ``app`` like h3's ``serve(app)``: with uvicorn, or ``server="hypercorn"``.
 
     Inside a running event loop it starts in the background and returns a
     ``Server`` (``await server.ready()``). From a plain script (no running
-    loop) it blocks until the server stops.
+    loop) it blocks until the server stops. ``server_options`` go to the
+    server's own settings (``uvicorn.Config``, or hypercorn's ``Config``
+    attributes). ``server="granian"`` raises ``ValueError`` with the command
+    to run instead (granian runs its own processes).
 
-    Every response carries one ``Date`` and one ``Server: uvicorn``, added only
-    where the app (or a proxied upstream) set none; uvicorn's own, which it adds
-    unconditionally, are turned off. ``server_header=False`` /
-    ``date_header=False`` leave them out.
+    Every response carries one ``Date`` and one ``Server: <server>``, added only
+    where the app (or a proxied upstream) set none; the server's own, which
+    uvicorn and hypercorn add unconditionally, are turned off.
+    ``server_header=False`` / ``date_header=False`` leave them out. See
+    docs/servers.md.
     """
-    server = Server(app, host, port, uvicorn_options)
+    handle = Server(app, host, port, server_options, server)
     if block is None:
         try:
             asyncio.get_running_loop()
@@ -491,7 +514,7 @@ def serve(
         except RuntimeError:
             block = True
     if block:
-        server.run()
+        handle.run()
     else:
-        server.start()
-    return server
+        handle.start()
+    return handle
