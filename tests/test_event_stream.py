@@ -421,20 +421,39 @@ async def test_events_queued_while_client_is_behind_go_in_one_send_in_order() ->
     assert client.ended
 
 
-async def test_awaiting_push_waits_until_handed_to_server() -> None:
-    stream = EventStream(make_request())
+async def test_awaiting_push_waits_once_the_stream_is_backed_up() -> None:
+    stream = EventStream(make_request(), max_buffer=1000)  # waits from 500 bytes
     client = FakeClient()
     task = start(stream, client)
     await client.wait_for(lambda: len(client.messages) == 1)
     client.writable.clear()
-    pending = asyncio.ensure_future(_await(stream.push("x")))
+    ahead = stream.push("x")  # 9 bytes queued: the producer goes on at once
+    await asyncio.wait_for(_await(ahead), 1)
     await asyncio.wait_for(client.stalled.wait(), 2)
-    assert not pending.done()
+    everything = asyncio.ensure_future(_await(stream.flush()))
+    backed_up = asyncio.ensure_future(_await(stream.push("y" * 600)))
+    await asyncio.sleep(0)  # both tasks run up to their wait
+    assert not backed_up.done()
+    assert not everything.done()  # ``flush`` waits until "x" is handed to the server
     client.writable.set()
-    await asyncio.wait_for(pending, 2)
-    assert client.bodies[-1] == b"data: x\n\n"
+    await asyncio.wait_for(backed_up, 2)
+    await asyncio.wait_for(everything, 2)
+    assert client.bodies == [b"data: x\n\n", f"data: {'y' * 600}\n\n".encode()]
     stream.close()
     await asyncio.wait_for(task, 2)
+
+
+async def test_awaited_pushes_go_out_in_few_sends() -> None:
+    stream = EventStream(make_request())
+    client = FakeClient()
+    task = start(stream, client)
+    await client.wait_for(lambda: len(client.messages) == 1)
+    for n in range(1000):
+        await stream.push(str(n))
+    await stream.close()
+    await asyncio.wait_for(task, 2)
+    assert client.body == b"".join(f"data: {n}\n\n".encode() for n in range(1000))
+    assert len(client.bodies) <= 3  # the events, and the end
 
 
 async def _await(awaitable: Any) -> None:
