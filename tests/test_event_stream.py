@@ -22,7 +22,7 @@ from starlette.requests import Request
 
 from h3_fastapi import EventStream, EventStreamMessage, MemoryPubSub, create_event_stream
 from h3_fastapi import event_stream as event_stream_decorator
-from h3_fastapi._event_stream import format_comment, format_event
+from h3_fastapi._event_stream import _GeneratorStream, format_comment, format_event
 from h3_fastapi.pubsub import Outgoing
 
 # --- a fake ASGI server ---------------------------------------------------------
@@ -921,3 +921,15 @@ def test_event_stream_routes_as_a_plain_endpoint_in_fastapi() -> None:
     schema = app.openapi()
     names = [p["name"] for p in schema["paths"]["/s"]["get"].get("parameters", [])]
     assert names == ["q"]
+
+
+async def test_generator_stream_waits_below_a_small_max_buffer() -> None:
+    async def produce() -> AsyncIterator[str]:
+        for n in range(100):
+            yield f"{n:03d}" * 30  # 100 events of 98 bytes: ten times max_buffer
+
+    stream = _GeneratorStream(make_request(), produce(), max_buffer=1000)
+    client = FakeClient()
+    await asyncio.wait_for(start(stream, client), 2)
+    assert client.ended  # ended by the generator, not cut for overflow
+    assert client.body == b"".join(f"data: {f'{n:03d}' * 30}\n\n".encode() for n in range(100))
