@@ -23,6 +23,7 @@ from starlette.requests import Request
 from h3_fastapi import EventStream, EventStreamMessage, MemoryPubSub, create_event_stream
 from h3_fastapi import event_stream as event_stream_decorator
 from h3_fastapi._event_stream import _GeneratorStream, format_comment, format_event
+from h3_fastapi._sse import encode
 from h3_fastapi.pubsub import Outgoing
 
 # --- a fake ASGI server ---------------------------------------------------------
@@ -330,6 +331,12 @@ def test_any_comment_is_only_comment_lines(comment: str) -> None:
     (parsed,) = parse(format_comment(comment))
     assert parsed["data"] is None
     assert parsed["comments"] == re.split(r"\r\n|\r|\n", comment)
+
+
+@given(data=st.binary() | st.text().map(lambda t: t.encode("utf-8", "surrogatepass")))
+def test_bytes_are_sent_as_their_utf8_text(data: bytes) -> None:
+    text = data.decode("utf-8", "replace")
+    assert encode(data) == format_event(text).encode("utf-8", "replace")
 
 
 # --- headers --------------------------------------------------------------------
