@@ -71,6 +71,8 @@ _NEW, _OPEN, _CLOSING, _CLOSED = _State
 # ``Enum.__hash__`` (Python code) on every ``push``.
 _ENDED = (_CLOSING, _CLOSED)
 
+_get_ident = threading.get_ident
+
 _PING = b": ping\n\n"
 # Awaiting ``push`` waits only once this much is queued (or half of ``max_buffer``,
 # if less): a producer runs ahead of the writer by up to this, and what piles up
@@ -116,11 +118,14 @@ class _StreamWriter(Outbox[bytes]):
     _to_message = staticmethod(_body)
     _yield_after_write_here = True
 
-    __slots__ = ("held", "high_water", "on_overflow", "paused")
+    __slots__ = ("from_threads", "held", "high_water", "on_overflow", "paused", "taking")
 
     def __init__(self, limit: int, on_overflow: Callable[[], None]) -> None:
         super().__init__(limit)
         self.high_water = min(_HIGH_WATER, max(limit // 2, 1))
+        # Data pushed and calls made in other threads, in order, for the loop (see ``hop``).
+        self.from_threads: deque[Any] = deque()
+        self.taking = False
         self._items = deque()
         self._hold_wake = True  # no writer until the response starts
         self.held: list[bytes] = []
@@ -144,6 +149,43 @@ class _StreamWriter(Outbox[bytes]):
             return DONE
         written = self.put(data, len(data))
         return written if self._buffered >= self.high_water else DONE
+
+    def hop(self, func: Callable[..., Any], *args: Any) -> bool:
+        """Called off the loop's thread: run ``func(*args)`` on the loop, return ``True``.
+
+        Like ``Outbox.hop``, but through one ordered queue that ``push_from_thread``
+        shares: a thread's pushes and calls run in the order it made them, and a
+        burst of them costs one ``call_soon_threadsafe``.
+        """
+        if self._loop is None or _get_ident() == self._thread:
+            return False
+        self.push_from_thread((func, args))
+        return True
+
+    def push_from_thread(self, item: Any) -> None:
+        """Called off the loop's thread: queue data (``bytes``) or a call (``(func, args)``).
+
+        Appended first, the flag read after; the loop clears the flag before
+        it takes, so nothing is left behind (``deque`` is thread safe).
+        """
+        self.from_threads.append(item)
+        if not self.taking:
+            self.taking = True
+            self._loop.call_soon_threadsafe(self._take_from_threads)  # type: ignore[union-attr]
+
+    def _take_from_threads(self) -> None:
+        self.taking = False
+        from_threads = self.from_threads
+        while from_threads:
+            item = from_threads.popleft()
+            if item.__class__ is bytes:
+                self.queue(item)
+                continue
+            func, args = item
+            try:
+                func(*args)
+            except Exception:
+                logger.exception("h3_fastapi: event stream call from another thread raised")
 
     def hold(self, data: bytes) -> None:
         """Keep ``data`` back while paused (it counts against the limit)."""
@@ -546,6 +588,9 @@ class EventStream(_StreamLifetime):
         if ops.on:
             ops.pushed(message)
         writer = self._writer
+        if writer._thread != _get_ident() and writer._loop is not None:
+            writer.push_from_thread(data)
+            return DONE
         if writer.paused:
             return writer.queue(data)
         written = writer.put(data, len(data))

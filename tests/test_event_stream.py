@@ -940,3 +940,26 @@ async def test_generator_stream_waits_below_a_small_max_buffer() -> None:
     await asyncio.wait_for(start(stream, client), 2)
     assert client.ended  # ended by the generator, not cut for overflow
     assert client.body == b"".join(f"data: {f'{n:03d}' * 30}\n\n".encode() for n in range(100))
+
+
+async def test_pushes_from_a_thread_arrive_in_order_before_its_close() -> None:
+    stream = EventStream(make_request())
+    client = FakeClient()
+    task = start(stream, client)
+    await client.wait_for(lambda: len(client.messages) == 1)
+
+    def produce() -> None:
+        for n in range(5000):
+            stream.push(str(n))
+            if n == 2500:
+                stream.pause()  # hopped behind the pushes before it
+                stream.push_comment("held")
+                stream.resume()
+        stream.close()  # after everything this thread pushed
+
+    await asyncio.get_running_loop().run_in_executor(None, produce)
+    await asyncio.wait_for(task, 5)
+    expected = [f"data: {n}\n\n" for n in range(5000)]
+    expected.insert(2501, ": held\n\n")
+    assert client.body == "".join(expected).encode()
+    assert client.ended
