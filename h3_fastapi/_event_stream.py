@@ -71,9 +71,13 @@ _NEW, _OPEN, _CLOSING, _CLOSED = _State
 # ``Enum.__hash__`` (Python code) on every ``push``.
 _ENDED = (_CLOSING, _CLOSED)
 
+_get_ident = threading.get_ident
+
 _PING = b": ping\n\n"
-# An ``@event_stream`` generator runs ahead of the writer by at most this much.
-_PRODUCER_HIGH_WATER = 64 * 1024
+# Awaiting ``push`` waits only once this much is queued (or half of ``max_buffer``,
+# if less): a producer runs ahead of the writer by up to this, and what piles up
+# goes out in one ASGI send.
+_HIGH_WATER = 64 * 1024
 
 _BASE_HEADERS = [
     (b"content-type", b"text/event-stream"),
@@ -101,9 +105,12 @@ def _body(chunk: bytes) -> dict[str, Any]:
 class _StreamWriter(Outbox[bytes]):
     """The stream's outbox: byte chunks joined when the client is behind, plus ``pause``.
 
-    Pushed while paused, data is held (and counted against the limit) until
-    ``release_held``. A task awaiting a push writes the queue itself while
-    the response's writer is parked, so an awaited push costs no task switch.
+    ``queue`` returns an awaitable that waits only while the stream is backed
+    up (``high_water`` bytes or more queued): below it, the producer goes on
+    at once and its events pile up into one send. Pushed while paused, data
+    is held (and counted against the limit) until ``release_held``. A task
+    awaiting a write writes the queue itself while the response's writer is
+    parked, so it costs no task switch.
     """
 
     _join = b"".join
@@ -111,10 +118,14 @@ class _StreamWriter(Outbox[bytes]):
     _to_message = staticmethod(_body)
     _yield_after_write_here = True
 
-    __slots__ = ("held", "on_overflow", "paused")
+    __slots__ = ("from_threads", "held", "high_water", "on_overflow", "paused", "taking")
 
     def __init__(self, limit: int, on_overflow: Callable[[], None]) -> None:
         super().__init__(limit)
+        self.high_water = min(_HIGH_WATER, max(limit // 2, 1))
+        # Data pushed and calls made in other threads, in order, for the loop (see ``hop``).
+        self.from_threads: deque[Any] = deque()
+        self.taking = False
         self._items = deque()
         self._hold_wake = True  # no writer until the response starts
         self.held: list[bytes] = []
@@ -127,12 +138,54 @@ class _StreamWriter(Outbox[bytes]):
         self._hold_wake = False
 
     def queue(self, data: bytes, unpaused: bool = False) -> Awaitable[None]:
-        """Queue ``data`` (any thread), or hold it back while paused unless ``unpaused``."""
+        """Queue ``data`` (any thread), or hold it back while paused unless ``unpaused``.
+
+        The result waits until ``data`` is written only when ``high_water``
+        bytes or more are queued; otherwise it is already done.
+        """
         if self.paused and not unpaused:
             if not self.hop(self.queue, data, unpaused):
                 self.hold(data)
             return DONE
-        return self.put(data, len(data))
+        written = self.put(data, len(data))
+        return written if self._buffered >= self.high_water else DONE
+
+    def hop(self, func: Callable[..., Any], *args: Any) -> bool:
+        """Called off the loop's thread: run ``func(*args)`` on the loop, return ``True``.
+
+        Like ``Outbox.hop``, but through one ordered queue that ``push_from_thread``
+        shares: a thread's pushes and calls run in the order it made them, and a
+        burst of them costs one ``call_soon_threadsafe``.
+        """
+        if self._loop is None or _get_ident() == self._thread:
+            return False
+        self.push_from_thread((func, args))
+        return True
+
+    def push_from_thread(self, item: Any) -> None:
+        """Called off the loop's thread: queue data (``bytes``) or a call (``(func, args)``).
+
+        Appended first, the flag read after; the loop clears the flag before
+        it takes, so nothing is left behind (``deque`` is thread safe).
+        """
+        self.from_threads.append(item)
+        if not self.taking:
+            self.taking = True
+            self._loop.call_soon_threadsafe(self._take_from_threads)  # type: ignore[union-attr]
+
+    def _take_from_threads(self) -> None:
+        self.taking = False
+        from_threads = self.from_threads
+        while from_threads:
+            item = from_threads.popleft()
+            if item.__class__ is bytes:
+                self.queue(item)
+                continue
+            func, args = item
+            try:
+                func(*args)
+            except Exception:
+                logger.exception("h3_fastapi: event stream call from another thread raised")
 
     def hold(self, data: bytes) -> None:
         """Keep ``data`` back while paused (it counts against the limit)."""
@@ -521,8 +574,10 @@ class EventStream(_StreamLifetime):
         ``message`` is a ``str``, an ``EventStreamMessage``, a dict with a
         ``data`` key and optional ``id``/``event``/``retry``, an sse-starlette
         ``ServerSentEvent``, any other value (sent as JSON data), or a list of
-        those (several events). Await the result to wait until the bytes are
-        handed to the server; before the stream is returned it resolves at
+        those (several events). Await the result for backpressure: it is done
+        at once while less than 64 KiB (or half of ``max_buffer``) waits to be
+        written, else once this event is handed to the server (``flush``
+        waits for everything). Before the stream is returned it resolves at
         once. Safe from any thread. Ignored after close.
         """
         if self._state in _ENDED:
@@ -533,8 +588,16 @@ class EventStream(_StreamLifetime):
         if ops.on:
             ops.pushed(message)
         writer = self._writer
-        written = writer.queue(data) if writer.paused else writer.put(data, len(data))
-        return written if self._state is _OPEN else DONE
+        if writer._thread != _get_ident() and writer._loop is not None:
+            writer.push_from_thread(data)
+            return DONE
+        if writer.paused:
+            return writer.queue(data)
+        written = writer.put(data, len(data))
+        # Backed up or not, checked after the put: it may have closed the stream.
+        if writer._buffered < writer.high_water or self._state is not _OPEN:
+            return DONE
+        return written
 
     def push_comment(self, text: str) -> Awaitable[None]:
         """Queue a comment (``: text`` per line); clients ignore it. Like ``push`` otherwise."""
@@ -680,9 +743,8 @@ class _GeneratorStream(EventStream):
                 if self._state is not _OPEN:
                     break
                 written = self.push(item)
-                # Back-pressure by bytes, not per event: events pile up in the
-                # outbox and the writer sends them in one ASGI send.
-                if self._writer.buffered >= _PRODUCER_HIGH_WATER:
+                # Back-pressure by bytes, not per event (see ``push``).
+                if written is not DONE:
                     await written
                 if self._state is not _OPEN:
                     break

@@ -124,9 +124,17 @@ def _format_one(item: Any) -> str:
 
 def encode(message: Any) -> bytes:
     """Bytes for what ``push`` accepts: one value, or a list/tuple of them."""
-    if message.__class__ is str and "\n" not in message and "\r" not in message:
+    cls = message.__class__
+    if cls is str and "\n" not in message and "\r" not in message:
         # The common case, ``format_event`` inlined: one ``data:`` line.
         return f"data: {message}\n\n".encode("utf-8", "replace")
+    if cls is bytes and b"\n" not in message and b"\r" not in message:
+        try:
+            message.decode("utf-8")  # well-formed UTF-8 is sent as it is
+        except UnicodeDecodeError:
+            pass
+        else:
+            return b"data: %b\n\n" % message
     if isinstance(message, (list, tuple)):
         text = "".join(_format_one(item) for item in message)
     else:

@@ -22,7 +22,8 @@ from starlette.requests import Request
 
 from h3_fastapi import EventStream, EventStreamMessage, MemoryPubSub, create_event_stream
 from h3_fastapi import event_stream as event_stream_decorator
-from h3_fastapi._event_stream import format_comment, format_event
+from h3_fastapi._event_stream import _GeneratorStream, format_comment, format_event
+from h3_fastapi._sse import encode
 from h3_fastapi.pubsub import Outgoing
 
 # --- a fake ASGI server ---------------------------------------------------------
@@ -332,6 +333,12 @@ def test_any_comment_is_only_comment_lines(comment: str) -> None:
     assert parsed["comments"] == re.split(r"\r\n|\r|\n", comment)
 
 
+@given(data=st.binary() | st.text().map(lambda t: t.encode("utf-8", "surrogatepass")))
+def test_bytes_are_sent_as_their_utf8_text(data: bytes) -> None:
+    text = data.decode("utf-8", "replace")
+    assert encode(data) == format_event(text).encode("utf-8", "replace")
+
+
 # --- headers --------------------------------------------------------------------
 
 
@@ -421,20 +428,39 @@ async def test_events_queued_while_client_is_behind_go_in_one_send_in_order() ->
     assert client.ended
 
 
-async def test_awaiting_push_waits_until_handed_to_server() -> None:
-    stream = EventStream(make_request())
+async def test_awaiting_push_waits_once_the_stream_is_backed_up() -> None:
+    stream = EventStream(make_request(), max_buffer=1000)  # waits from 500 bytes
     client = FakeClient()
     task = start(stream, client)
     await client.wait_for(lambda: len(client.messages) == 1)
     client.writable.clear()
-    pending = asyncio.ensure_future(_await(stream.push("x")))
+    ahead = stream.push("x")  # 9 bytes queued: the producer goes on at once
+    await asyncio.wait_for(_await(ahead), 1)
     await asyncio.wait_for(client.stalled.wait(), 2)
-    assert not pending.done()
+    everything = asyncio.ensure_future(_await(stream.flush()))
+    backed_up = asyncio.ensure_future(_await(stream.push("y" * 600)))
+    await asyncio.sleep(0)  # both tasks run up to their wait
+    assert not backed_up.done()
+    assert not everything.done()  # ``flush`` waits until "x" is handed to the server
     client.writable.set()
-    await asyncio.wait_for(pending, 2)
-    assert client.bodies[-1] == b"data: x\n\n"
+    await asyncio.wait_for(backed_up, 2)
+    await asyncio.wait_for(everything, 2)
+    assert client.bodies == [b"data: x\n\n", f"data: {'y' * 600}\n\n".encode()]
     stream.close()
     await asyncio.wait_for(task, 2)
+
+
+async def test_awaited_pushes_go_out_in_few_sends() -> None:
+    stream = EventStream(make_request())
+    client = FakeClient()
+    task = start(stream, client)
+    await client.wait_for(lambda: len(client.messages) == 1)
+    for n in range(1000):
+        await stream.push(str(n))
+    await stream.close()
+    await asyncio.wait_for(task, 2)
+    assert client.body == b"".join(f"data: {n}\n\n".encode() for n in range(1000))
+    assert len(client.bodies) <= 3  # the events, and the end
 
 
 async def _await(awaitable: Any) -> None:
@@ -902,3 +928,38 @@ def test_event_stream_routes_as_a_plain_endpoint_in_fastapi() -> None:
     schema = app.openapi()
     names = [p["name"] for p in schema["paths"]["/s"]["get"].get("parameters", [])]
     assert names == ["q"]
+
+
+async def test_generator_stream_waits_below_a_small_max_buffer() -> None:
+    async def produce() -> AsyncIterator[str]:
+        for n in range(100):
+            yield f"{n:03d}" * 30  # 100 events of 98 bytes: ten times max_buffer
+
+    stream = _GeneratorStream(make_request(), produce(), max_buffer=1000)
+    client = FakeClient()
+    await asyncio.wait_for(start(stream, client), 2)
+    assert client.ended  # ended by the generator, not cut for overflow
+    assert client.body == b"".join(f"data: {f'{n:03d}' * 30}\n\n".encode() for n in range(100))
+
+
+async def test_pushes_from_a_thread_arrive_in_order_before_its_close() -> None:
+    stream = EventStream(make_request())
+    client = FakeClient()
+    task = start(stream, client)
+    await client.wait_for(lambda: len(client.messages) == 1)
+
+    def produce() -> None:
+        for n in range(5000):
+            stream.push(str(n))
+            if n == 2500:
+                stream.pause()  # hopped behind the pushes before it
+                stream.push_comment("held")
+                stream.resume()
+        stream.close()  # after everything this thread pushed
+
+    await asyncio.get_running_loop().run_in_executor(None, produce)
+    await asyncio.wait_for(task, 5)
+    expected = [f"data: {n}\n\n" for n in range(5000)]
+    expected.insert(2501, ": held\n\n")
+    assert client.body == "".join(expected).encode()
+    assert client.ended
