@@ -114,6 +114,8 @@ def _print_sample(run: int, case: str, label: str, unit: str, sample: dict[str, 
         extra += f" {sample['mib_per_s']:8.1f} MiB/s"
     if "peak_rss_mib" in sample:
         extra += f" peak {sample['peak_rss_mib']:6.1f} MiB"
+    if sample.get("p99_ms") is not None:
+        extra += f" p50 {sample['p50_ms']:7.1f} ms p99 {sample['p99_ms']:7.1f} ms"
     print(
         f"  run {run + 1} {case:<16} {label:<40} {sample['value']:>12,.1f} {unit}"
         f"  load {sample.get('load_cpu_pct', 0):3.0f}%"

@@ -32,6 +32,8 @@ def summarize_variant(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "cpu_us_per_delivery",
         "broker_us_per_delivery",
         "broker_cpu_pct",
+        "p50_ms",
+        "p99_ms",
     ):
         values = [r[key] for r in ok if key in r]
         if values:
@@ -185,6 +187,7 @@ def markdown(data: dict[str, Any]) -> str:
             continue
         better = "higher is better" if workload["higher_is_better"] else "lower is better"
         proxy = workload["key"] == "proxy"
+        latency = workload["key"] == "proxy-open"
         memory = workload["key"] == "memory"
         anchor_key = workload.get("anchor")
         versus_head = "this vs h3 on Node" if anchor_key else "h3-fastapi vs this"
@@ -195,6 +198,9 @@ def markdown(data: dict[str, Any]) -> str:
             rule += "---|---|"
         if proxy:
             head += " MiB/s | Peak RSS (MiB) |"
+            rule += "---|---|"
+        if latency:
+            head += " p50 (ms) | p99 (ms) |"
             rule += "---|---|"
         if memory:
             head += " RSS at 10k (MiB) |"
@@ -237,6 +243,9 @@ def markdown(data: dict[str, Any]) -> str:
                 if proxy:
                     row += f" {_fmt(variant.get('median_mib_per_s'))} |"
                     row += f" {_fmt(variant.get('median_peak_rss_mib'))} |"
+                if latency:
+                    row += f" {_fmt(variant.get('median_p50_ms'))} |"
+                    row += f" {_fmt(variant.get('median_p99_ms'))} |"
                 if memory:
                     row += f" {_fmt(variant.get('median_rss_mib'))} |"
                 row += f" {_pct(variant.get('median_load_cpu_pct'))} |"
