@@ -331,7 +331,13 @@ async def _open(
         )
         transport = AppTransport(app_of(request), request.scope)
         return await transport.handle_async_request(upstream_request), None
-    client = options.client or pooled_client(request.scope.get("app"), options.guard)
+    client = options.client
+    if client is None:
+        pooled = pooled_client(request.scope.get("app"), options.guard)
+        if not outgoing.follow:  # the common case, on a shorter path (``PooledClient``)
+            built = pooled.build_direct(outgoing.method, target, outgoing.headers, outgoing.kwargs)
+            return await pooled.send_direct(built), pooled
+        client = pooled
     upstream_request = client.build_request(
         outgoing.method, target, headers=outgoing.headers, **outgoing.kwargs
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Iterator
@@ -30,7 +31,14 @@ from . import _shutdown
 from ._guard import Guard, GuardedBackend, GuardedSocketFactory, TargetNotAllowed, connecting_host
 from ._hooks import logger
 
-__all__ = ["TRANSPORT_ENV", "AppTransport", "close_proxy_clients", "internal_url", "pooled_client"]
+__all__ = [
+    "TRANSPORT_ENV",
+    "AppTransport",
+    "PooledClient",
+    "close_proxy_clients",
+    "internal_url",
+    "pooled_client",
+]
 
 # Seconds to open a TCP connection to the upstream (then 502).
 CONNECT_TIMEOUT = 10.0
@@ -249,33 +257,87 @@ class _AiohttpTransport(httpx.AsyncBaseTransport):
             await self._session.close()
 
 
-def _new_client(guard: Guard | None) -> httpx.AsyncClient:
+@functools.lru_cache(maxsize=512)
+def _parse_url(url: str) -> httpx.URL:
+    """``httpx.URL(url)``, remembered: a proxy sends to the same few URLs again and again."""
+    return httpx.URL(url)
+
+
+class PooledClient(httpx.AsyncClient):
+    """The proxy's pooled client: an ``httpx.AsyncClient`` with a shorter way to send.
+
+    ``send_direct`` hands a request straight to the transport. What
+    ``AsyncClient.send`` adds on the way is nothing this client uses: no auth,
+    no event hooks, no redirects (callers that follow them use ``send``), and a
+    cookie jar that accepts nothing, so extracting cookies is pure cost.
+    """
+
+    def __init__(self, transport: httpx.AsyncBaseTransport) -> None:
+        super().__init__(
+            transport=transport,
+            timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT),
+            # A jar that accepts nothing: one user's cookies never reach another.
+            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+            follow_redirects=False,
+            trust_env=False,
+        )
+        # The client's Accept-Encoding is not forwarded, and httpx's default is not
+        # added either; Connection is managed by the transport.
+        del self.headers["accept-encoding"]
+        del self.headers["connection"]
+        self._direct = transport
+        self._defaults = dict(self.headers.items())
+        self._timeouts = self.timeout.as_dict()
+
+    def build_direct(
+        self, method: str, url: str, headers: dict[str, str], kwargs: dict[str, Any]
+    ) -> httpx.Request:
+        """What ``build_request`` returns for this client, built with less work.
+
+        ``headers`` must have lower-case names (``merge_headers`` makes them so).
+        """
+        extensions = dict(kwargs.get("extensions") or {})
+        if "timeout" not in extensions:
+            timeout = kwargs.get("timeout", self.timeout)
+            extensions["timeout"] = (
+                self._timeouts if timeout is self.timeout else httpx.Timeout(timeout).as_dict()
+            )
+        return httpx.Request(
+            method,
+            _parse_url(url),
+            content=kwargs.get("content"),
+            data=kwargs.get("data"),
+            files=kwargs.get("files"),
+            json=kwargs.get("json"),
+            params=kwargs.get("params"),
+            headers={**self._defaults, **headers},
+            extensions=extensions,
+        )
+
+    async def send_direct(self, request: httpx.Request) -> httpx.Response:
+        """Send without following redirects; the response body is streamed."""
+        if request.url.userinfo:  # httpx turns URL credentials into Basic auth in ``send``
+            return await self.send(request, stream=True, follow_redirects=False)
+        response = await self._direct.handle_async_request(request)
+        response.request = request
+        return response
+
+
+def _new_client(guard: Guard | None) -> PooledClient:
     kind = os.environ.get(TRANSPORT_ENV, "auto").lower()
     transport: httpx.AsyncBaseTransport
     if kind == "httpcore":
         transport = _HttpcoreTransport(guard)
     else:
         transport = _AiohttpTransport(guard)
-    client = httpx.AsyncClient(
-        transport=transport,
-        timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT),
-        # A jar that accepts nothing: one user's cookies never reach another.
-        cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
-        follow_redirects=False,
-        trust_env=False,
-    )
-    # The client's Accept-Encoding is not forwarded, and httpx's default is not
-    # added either; Connection is managed by the transport.
-    del client.headers["accept-encoding"]
-    del client.headers["connection"]
-    return client
+    return PooledClient(transport)
 
 
 _ClientKey = tuple[int, asyncio.AbstractEventLoop, "Guard | None"]
-_clients: dict[_ClientKey, httpx.AsyncClient] = {}
+_clients: dict[_ClientKey, PooledClient] = {}
 
 
-def pooled_client(app: Any, guard: Guard | None) -> httpx.AsyncClient:
+def pooled_client(app: Any, guard: Guard | None) -> PooledClient:
     """The app's client for this event loop (and guard), made on first use."""
     key = (id(app), asyncio.get_running_loop(), guard)
     client = _clients.get(key)
