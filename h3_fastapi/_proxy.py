@@ -148,17 +148,27 @@ class ProxyResponse(StreamingResponse):
         self.body_iterator = raw if decode is None else bounded_decode(raw, decode)
         self._watch = watch
         self._client = client
+        # Whether the whole upstream body has arrived (the aiohttp transport knows), so
+        # the last chunk can be sent as the last (``more_body=False``) and a body that
+        # came whole with the headers needs no pump task.
+        arrived = getattr(upstream.stream, "arrived", None)
+        self._arrived: Callable[[], bool] | None = arrived if decode is None else None
 
     async def _pump(self, send: Send) -> None:
+        arrived = self._arrived
+        ended = False
         try:
             async for chunk in self.body_iterator:
-                if chunk:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if chunk and not ended:
+                    ended = arrived is not None and arrived()
+                    message = {"type": "http.response.body", "body": chunk, "more_body": not ended}
+                    await send(message)
         except Exception:
             if self._client is None or not self._client.is_closed:
                 raise
             # The server is shutting down and closed the pool: end the body cleanly.
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if not ended:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         watch = self._watch
@@ -170,6 +180,9 @@ class ProxyResponse(StreamingResponse):
                     "headers": self.raw_headers,
                 }
             )
+            if self._arrived is not None and self._arrived():
+                await self._pump(send)  # nothing left to wait for: no task, no watch needed
+                return
             pump = asyncio.get_running_loop().create_task(self._pump(send))
             await asyncio.wait({pump, watch.gone}, return_when=asyncio.FIRST_COMPLETED)
             if not pump.done():  # the client left: stop reading the upstream now
@@ -291,9 +304,14 @@ class _ProxyKeywords(TypedDict, total=False):
 
 def _options_from(keywords: _ProxyKeywords) -> ProxyOptions:
     """The ``ProxyOptions`` of a public function's keyword arguments (unknown ones: TypeError)."""
+    if not keywords:
+        return _DEFAULT_OPTIONS  # frozen, so one value serves every call without options
     chosen: dict[str, Any] = dict(keywords)
     chosen["fetch_options"] = dict(chosen.get("fetch_options") or {})
     return ProxyOptions(**chosen)
+
+
+_DEFAULT_OPTIONS = ProxyOptions()
 
 
 @dataclass(frozen=True)
@@ -387,7 +405,11 @@ def _response_headers(
         headers = [(k, _rewrite_cookie(v, options) if k == "set-cookie" else v) for k, v in headers]
     rewrite = options.location_rewrite
     internal = target.startswith("/")
-    if rewrite is not False and (rewrite is not True or not internal):
+    if (
+        rewrite is not False
+        and (rewrite is not True or not internal)
+        and any(k == "location" or k == "refresh" for k, _ in headers)
+    ):
         headers = rewrite_location_headers(
             headers,
             rewrite,

@@ -174,6 +174,10 @@ class _AiohttpStream(httpx.AsyncByteStream):
                 yield chunk
         self._complete = True
 
+    def arrived(self) -> bool:
+        """Whether the whole body has arrived: what is left of it is buffered, reads never wait."""
+        return self._response.content.is_eof()
+
     async def aclose(self) -> None:
         if self._complete:
             self._response.release()  # back to the pool
