@@ -231,6 +231,7 @@ class ProxyOptions:
     deny_private: bool = False
     public_origin: str | None = None
     _guard: Guard | None = field(init=False, repr=False, compare=False, default=None)
+    _has_body: bool = field(init=False, repr=False, compare=False, default=False)
 
     def __post_init__(self) -> None:
         unknown = set(self.fetch_options) - _FETCH_OPTIONS
@@ -242,6 +243,8 @@ class ProxyOptions:
         if redirect is not None and redirect not in ("manual", "follow"):
             raise ValueError("fetch_options redirect must be 'manual' or 'follow'")
         object.__setattr__(self, "_guard", make_guard(self.allow_hosts, self.deny_private))
+        has_body = any(key in self.fetch_options for key in _BODY_OPTIONS)
+        object.__setattr__(self, "_has_body", has_body)
 
     @property
     def guard(self) -> Guard | None:
@@ -251,7 +254,7 @@ class ProxyOptions:
     @property
     def has_body(self) -> bool:
         """Whether ``fetch_options`` sets the body."""
-        return any(key in self.fetch_options for key in _BODY_OPTIONS)
+        return self._has_body
 
     def follow(self, default: bool) -> bool:
         options = self.fetch_options
