@@ -232,6 +232,9 @@ class ProxyOptions:
     public_origin: str | None = None
     _guard: Guard | None = field(init=False, repr=False, compare=False, default=None)
     _has_body: bool = field(init=False, repr=False, compare=False, default=False)
+    _request_kwargs: Mapping[str, Any] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         unknown = set(self.fetch_options) - _FETCH_OPTIONS
@@ -243,8 +246,12 @@ class ProxyOptions:
         if redirect is not None and redirect not in ("manual", "follow"):
             raise ValueError("fetch_options redirect must be 'manual' or 'follow'")
         object.__setattr__(self, "_guard", make_guard(self.allow_hosts, self.deny_private))
-        has_body = any(key in self.fetch_options for key in _BODY_OPTIONS)
-        object.__setattr__(self, "_has_body", has_body)
+        options = self.fetch_options
+        object.__setattr__(self, "_has_body", any(key in options for key in _BODY_OPTIONS))
+        kwargs = {key: options[key] for key in _REQUEST_KEYS if key in options}
+        if "body" in options:
+            kwargs["content"] = options["body"]
+        object.__setattr__(self, "_request_kwargs", kwargs)
 
     @property
     def guard(self) -> Guard | None:
@@ -267,12 +274,8 @@ class ProxyOptions:
         return str(self.fetch_options.get("method") or default).upper()
 
     def request_kwargs(self) -> dict[str, Any]:
-        """``fetch_options`` as ``httpx.Client.build_request`` keywords."""
-        options = self.fetch_options
-        kwargs = {key: options[key] for key in _REQUEST_KEYS if key in options}
-        if "body" in options:
-            kwargs["content"] = options["body"]
-        return kwargs
+        """``fetch_options`` as ``httpx.Client.build_request`` keywords (a fresh dict)."""
+        return dict(self._request_kwargs)
 
     def deadline(self) -> float | None:
         timeout = self.timeout
