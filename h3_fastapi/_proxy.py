@@ -81,6 +81,7 @@ class _ClientWatch:
         self._request = request
         self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._task: asyncio.Task[None] | None = None
+        self._stopped = False
         # While the body is being forwarded, it alone reads ``receive``.
         self.body_pending = False
 
@@ -90,12 +91,18 @@ class _ClientWatch:
 
     def start(self) -> None:
         """Watch ``receive`` from now on (once the body is no longer read)."""
-        if self._task is None and not self.gone.done():
+        if self._task is None and not self._stopped and not self.gone.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     def stop(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
+        self._stopped = True
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            # Dropping the reference matters: the cancelled task keeps its CancelledError,
+            # whose traceback holds ``_run``'s frame and so this object. Were it to hold the
+            # task too, every request would leave a reference cycle (the request, its
+            # scope, the server's cycle...) for the garbage collector to find.
+            task.cancel()
 
     async def _run(self) -> None:
         receive = self._request.receive
