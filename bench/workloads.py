@@ -1,4 +1,4 @@
-"""The seven workloads, their variants (this library and its anchors) and targets.
+"""The eight workloads, their variants (this library and its anchors) and targets.
 
 Each measurement starts a fresh server for one variant, runs one load
 generator against it and returns the load generator's result plus the
