@@ -190,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = _run_workload(workload, settings, runs, only_variants)
         results["workloads"].append(summary)
         results["targets"] += [report.check_target(t, summary) for t in workload.targets]
+        # Saved after every workload: a failure later loses only what was running.
+        report.write_json(RESULTS / f"{name}.json", results)
     results["meta"]["finished"] = load_snapshot()
     # Servers import h3_fastapi afresh: a change during the run would mix versions.
     end = machine_info()

@@ -35,7 +35,7 @@ def summarize_variant(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "p50_ms",
         "p99_ms",
     ):
-        values = [r[key] for r in ok if key in r]
+        values = [r[key] for r in ok if r.get(key) is not None]
         if values:
             summary[f"median_{key}"] = median(values)
     # Throughput per second of server CPU: robust when other processes share the core.
