@@ -405,10 +405,15 @@ class _Connection(Outbox[Outgoing]):
 
     async def _send_close(self) -> None:
         code, reason = self.close_request or (1000, "")
+        # A client that stops reading holds this send (flow control): as a write under
+        # way, ``terminate`` (the close timeout) cancels it and the connection ends.
+        self._writing = self.main
         try:
             await self.send({"type": "websocket.close", "code": code, "reason": reason})
         except Exception:  # the client is gone already
             pass
+        finally:
+            self._writing = None
         self._finish(code, reason)
 
     # The reader writes the outbox itself after each hook: ``writing`` is then

@@ -217,6 +217,33 @@ async def test_peer_that_stops_reading_is_closed_1013_others_keep_going(
             assert await asyncio.wait_for(other.recv(), TIMEOUT) == "still fine"
 
 
+async def test_a_close_the_client_never_reads_still_ends_within_the_close_timeout(
+    live_server: Any,
+) -> None:
+    """The 1013 close frame itself cannot be written to a client that reads nothing:
+    the connection is dropped after the close timeout and ``close`` runs."""
+    rec = Recorder()
+    chunk = b"\xab" * 65536
+
+    def flood(peer: Peer) -> None:  # on the loop, each frame written at once until full
+        for _ in range(256):
+            if not peer.is_open:
+                break
+            peer.send(chunk)
+
+    handler = define_websocket_handler(
+        open=flood,
+        close=lambda peer, details: rec.add("close", details.code),
+        send_buffer_limit=65536,
+        sync_hooks="loop",
+    )
+    server = live_server(app_with("/ws", handler))
+    slow, _ = await asyncio.to_thread(handshake, server.port, "/ws", 32 * 1024)
+    with slow:
+        closes = await rec.wait_for("close", timeout=TIMEOUT)
+    assert closes == [1013]
+
+
 # --- allowed_origins ------------------------------------------------------------------
 
 
