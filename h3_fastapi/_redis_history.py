@@ -5,6 +5,8 @@ stream ``prefix + topic`` (``MAXLEN ~ N``) and PUBLISHes ``stream id "\\n"
 envelope`` on the channel of the same name, so the stream order is the publish
 order and every receiver learns the stream id, which becomes the event id.
 Replay reads the stream with XREVRANGE after the client's ``Last-Event-ID``.
+With ``history_ttl`` the same call sets the stream to expire that long after
+this (its latest) publish.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from typing import Any
 
 __all__ = ["HISTORY_SCRIPT", "history_entries"]
 
-# KEYS[1] stream; ARGV: maxlen, channel, envelope.
+# KEYS[1] stream; ARGV: maxlen, channel, envelope, publish command, expiry in ms (0: none).
 HISTORY_SCRIPT = """
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', ARGV[3])
+if ARGV[5] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
 redis.call(ARGV[4], ARGV[2], id .. '\\n' .. ARGV[3])
 return id
 """

@@ -26,11 +26,14 @@ class RedisPublisher:
         channel: Callable[[str], bytes],
         *,
         history: int,
+        history_ttl: float | None = None,
         command: str = "PUBLISH",
     ) -> None:
         self.make_client = make_client
         self.channel = channel
         self.history = history
+        # Milliseconds for PEXPIRE on the history stream after each publish; 0: none.
+        self.history_ttl_ms = int(history_ttl * 1000) if history_ttl else 0
         self.command = command
         self.client: Any = None
 
@@ -45,7 +48,7 @@ class RedisPublisher:
             for topic, envelope in batch:
                 channel = self.channel(topic)
                 if self.history:
-                    args = (self.history, channel, envelope, self.command)
+                    args = (self.history, channel, envelope, self.command, self.history_ttl_ms)
                     pipe.eval(HISTORY_SCRIPT, 1, channel, *args)
                 else:
                     pipe.execute_command(self.command, channel, b"\n" + envelope)

@@ -66,12 +66,14 @@ class SessionBackplane:
         *,
         prefix: str = "h3:",
         history: int = 0,
+        history_ttl: float | None = None,
         command_timeout: float = 5.0,
         **session: Any,
     ) -> None:
         self.url = url
         self.prefix = prefix
         self.history = history
+        self.history_ttl = history_ttl
         self.command_timeout = command_timeout
         # ``session``: ``health_check_interval`` and ``reconnect_backoff``. The
         # session asks its "client" (this object) for ``pubsub()`` per connection.

@@ -58,6 +58,7 @@ class UrlPubSub(BackplanePubSub):
         *,
         prefix: str = "h3:",
         history: int = 0,
+        history_ttl: float | None = None,
         on_error: Callable[[Exception], Any] | None = None,
         reconnect_backoff: tuple[float, float] = (0.1, 2.0),
         health_check_interval: float = 15.0,
@@ -67,6 +68,8 @@ class UrlPubSub(BackplanePubSub):
     ) -> None:
         if history < 0:
             raise ValueError("history must be >= 0")
+        if history_ttl is not None and not history_ttl > 0:
+            raise ValueError("history_ttl must be > 0 seconds (or None: kept)")
         url = url or self.default_url
         backplane = self.make_backplane(
             url,
@@ -75,6 +78,8 @@ class UrlPubSub(BackplanePubSub):
             reconnect_backoff=reconnect_backoff,
             health_check_interval=health_check_interval,
             command_timeout=command_timeout,
+            # Only when set: a ``make_backplane`` written before the option still works.
+            **({"history_ttl": history_ttl} if history_ttl is not None else {}),
             **transport,
         )
         super().__init__(
@@ -87,6 +92,7 @@ class UrlPubSub(BackplanePubSub):
         )
         self.url = url
         self.prefix = prefix
+        self.history_ttl = history_ttl
         self.health_check_interval = health_check_interval
 
     def make_backplane(self, url: str, **options: Any) -> Backplane:

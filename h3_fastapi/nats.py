@@ -196,6 +196,8 @@ class NatsBackplane(SessionBackplane):
                 name=self.stream,
                 subjects=[self.stream + ".>"],
                 max_msgs_per_subject=self.history,
+                # ``history_ttl``: JetStream drops messages older than this (0: kept).
+                max_age=self.history_ttl or 0,
                 republish=RePublish(src=self.stream + ".>", dest=self.prefix + ".>"),
             )
             try:

@@ -200,6 +200,11 @@ class PostgresBackplane(SessionBackplane):
                 channel,
                 self.history,
             )
+            if self.history_ttl:  # and nothing older than ``history_ttl``, on any topic
+                await conn.execute(
+                    f"DELETE FROM {self.table} WHERE at < now() - $1 * interval '1 second'",
+                    float(self.history_ttl),
+                )
         return f"{row_id}-0"
 
     async def _spill(self, conn: Any, topic: str, envelope: bytes) -> int:

@@ -253,19 +253,30 @@ def parse_event_id(event_id: str | None) -> tuple[int, int] | None:
     return ms, seq
 
 
+# With ``history_ttl``, idle topics' history is looked for once per this many publishes.
+_EXPIRE_EVERY = 256
+
+
 class MemoryPubSub:
     """In-process pub/sub: no server, nothing leaves the process.
 
     Safe to publish from any thread: delivery hops to each subscriber's loop.
     With ``history=N`` the last N publishes of each topic are kept, each with
     an event id, for ``replay``/``subscribe_from`` (SSE ``Last-Event-ID``).
+    With ``history_ttl`` (seconds) the history of a topic with no publish for
+    that long is dropped, so finished resumable streams and dead topics do
+    not stay in memory (``None``: kept, at most N per topic).
     """
 
-    def __init__(self, *, history: int = 0) -> None:
+    def __init__(self, *, history: int = 0, history_ttl: float | None = None) -> None:
         if history < 0:
             raise ValueError("history must be >= 0")
+        if history_ttl is not None and not history_ttl > 0:
+            raise ValueError("history_ttl must be > 0 seconds (or None: kept)")
         self.topics: dict[str, dict[Subscriber, None]] = {}
         self.history = history
+        self.history_ttl = history_ttl
+        self._recorded = 0
         # topic -> (parsed id, publish) oldest first, at most ``history`` long.
         self._history: dict[str, deque[tuple[tuple[int, int], Outgoing]]] = {}
         self._history_lock = threading.RLock()
@@ -414,7 +425,17 @@ class MemoryPubSub:
         if kept is None:
             kept = self._history[topic] = deque(maxlen=self.history)
         kept.append((key, stamped))
+        if self.history_ttl is not None:
+            self._recorded += 1
+            if self._recorded % _EXPIRE_EVERY == 0:
+                self._expire(key[0])
         return stamped
+
+    def _expire(self, now_ms: int) -> None:
+        """Drop the history of topics with no publish in ``history_ttl`` (caller holds the lock)."""
+        oldest = now_ms - int(self.history_ttl * 1000)  # type: ignore[operator]
+        for topic in [t for t, kept in self._history.items() if kept[-1][0][0] < oldest]:
+            del self._history[topic]
 
     # Extension points for backplanes that mirror local topics elsewhere.
     def _topic_added(self, topic: str) -> None:

@@ -53,6 +53,7 @@ class RedisBackplane:
         *,
         prefix: str = "h3:",
         history: int = 0,
+        history_ttl: float | None = None,
         reconnect_backoff: tuple[float, float] = (0.1, 2.0),
         health_check_interval: float = 15.0,
         command_timeout: float = 5.0,
@@ -64,7 +65,11 @@ class RedisBackplane:
         self.command_timeout = command_timeout
         self.tag = "h3"
         self.publisher = RedisPublisher(
-            self._publisher_client, self.channel, history=history, command=self.publish_command
+            self._publisher_client,
+            self.channel,
+            history=history,
+            history_ttl=history_ttl,
+            command=self.publish_command,
         )
         self.subscriber = RedisSubscriber(
             self._subscriber_client,
@@ -129,7 +134,10 @@ class RedisPubSub(UrlPubSub):
     ``url`` is a ``redis://`` (or ``rediss://``, ``unix://``) URL. Topics map to
     channels ``prefix + topic``; give unrelated apps sharing a Redis different
     prefixes. ``history=N`` keeps the last N publishes of each topic in a Redis
-    stream for SSE ``Last-Event-ID`` replay (``subscribe_from``).
+    stream for SSE ``Last-Event-ID`` replay (``subscribe_from``);
+    ``history_ttl`` (seconds) lets a topic's stream expire that long after its
+    last publish, so finished resumable streams and dead topics do not stay
+    in Redis (``None``: kept, at most ``history`` entries per topic).
 
     ``on_error(exc)`` (sync or async) is called when an outage begins, at the
     moment the error is logged: once per outage, not once per message.
