@@ -21,8 +21,9 @@ FLOOR_PACKAGES=(fastapi starlette httpx aiohttp redis uvicorn websockets)
 # Dev requirements the fast tier does not use, left out of these venvs to keep them
 # quick to build: linters (run once, on the default Python), the slow tiers' servers
 # and browser, the benchmarks' plotting and their httpx-aiohttp comparison (which
-# needs httpx>=0.28.1 or aiohttp>=3.10, above the library's own floors).
-NOT_FOR_FAST_TIER=(ruff mypy playwright hypercorn granian daphne matplotlib httpx-aiohttp)
+# needs httpx>=0.28.1 or aiohttp>=3.10, above the library's own floors). hypercorn
+# stays: the fast tier runs serve(server="hypercorn") on every Python.
+NOT_FOR_FAST_TIER=(ruff mypy playwright granian daphne matplotlib httpx-aiohttp)
 
 version_of() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null; }
 default_version=$(version_of "$DEFAULT_PYTHON" || version_of python3)
