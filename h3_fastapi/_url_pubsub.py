@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .backplane import BackplanePubSub
-from .pubsub import Backplane
+from .pubsub import Backplane, check_history
 
 __all__ = ["UrlPubSub", "redacted"]
 
@@ -66,10 +66,7 @@ class UrlPubSub(BackplanePubSub):
         max_pending: int = 10_000,
         **transport: Any,
     ) -> None:
-        if history < 0:
-            raise ValueError("history must be >= 0")
-        if history_ttl is not None and not history_ttl > 0:
-            raise ValueError("history_ttl must be > 0 seconds (or None: kept)")
+        check_history(history, history_ttl)
         url = url or self.default_url
         backplane = self.make_backplane(
             url,

@@ -36,6 +36,7 @@ __all__ = [
     "Outgoing",
     "PubSub",
     "Subscriber",
+    "check_history",
     "current_default",
     "get_default_pubsub",
     "parse_event_id",
@@ -253,6 +254,14 @@ def parse_event_id(event_id: str | None) -> tuple[int, int] | None:
     return ms, seq
 
 
+def check_history(history: int, history_ttl: float | None) -> None:
+    """Refuse history options no pub/sub can honour (every pub/sub takes both)."""
+    if history < 0:
+        raise ValueError("history must be >= 0")
+    if history_ttl is not None and not history_ttl > 0:
+        raise ValueError("history_ttl must be > 0 seconds (or None: kept)")
+
+
 # With ``history_ttl``, idle topics' history is looked for once per this many publishes.
 _EXPIRE_EVERY = 256
 
@@ -269,10 +278,7 @@ class MemoryPubSub:
     """
 
     def __init__(self, *, history: int = 0, history_ttl: float | None = None) -> None:
-        if history < 0:
-            raise ValueError("history must be >= 0")
-        if history_ttl is not None and not history_ttl > 0:
-            raise ValueError("history_ttl must be > 0 seconds (or None: kept)")
+        check_history(history, history_ttl)
         self.topics: dict[str, dict[Subscriber, None]] = {}
         self.history = history
         self.history_ttl = history_ttl
@@ -425,16 +431,16 @@ class MemoryPubSub:
         if kept is None:
             kept = self._history[topic] = deque(maxlen=self.history)
         kept.append((key, stamped))
-        if self.history_ttl is not None:
+        ttl = self.history_ttl
+        if ttl is not None:
             self._recorded += 1
             if self._recorded % _EXPIRE_EVERY == 0:
-                self._expire(key[0])
+                self._expire(key[0] - int(ttl * 1000))
         return stamped
 
-    def _expire(self, now_ms: int) -> None:
-        """Drop the history of topics with no publish in ``history_ttl`` (caller holds the lock)."""
-        oldest = now_ms - int(self.history_ttl * 1000)  # type: ignore[operator]
-        for topic in [t for t, kept in self._history.items() if kept[-1][0][0] < oldest]:
+    def _expire(self, oldest_ms: int) -> None:
+        """Drop the history of topics not published to since ``oldest_ms`` (lock held)."""
+        for topic in [t for t, kept in self._history.items() if kept[-1][0][0] < oldest_ms]:
             del self._history[topic]
 
     # Extension points for backplanes that mirror local topics elsewhere.
