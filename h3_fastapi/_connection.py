@@ -217,6 +217,7 @@ class _Connection(Outbox[Outgoing]):
         "close_request",
         "close_timer",
         "drain_at",
+        "failure",
         "hooks",
         "in_receive",
         "in_thread",
@@ -277,6 +278,8 @@ class _Connection(Outbox[Outgoing]):
         self.close_timer: asyncio.TimerHandle | None = None
         self.close_details: CloseDetails | None = None
         self.terminated = False
+        # A transport failure for the ``error`` hook, reported before ``close`` (``run``).
+        self.failure: Exception | None = None
         self.in_receive = False
         self.topics: set[str] | None = None  # made on first subscribe
         self.reader: asyncio.Task[Any] | None = None
@@ -322,6 +325,8 @@ class _Connection(Outbox[Outgoing]):
             if self.state is not _CLOSED:
                 self._finish(1006, "")
             await self._stop_reader()
+            if self.failure is not None:
+                await self.hooks.failed(self.peer, "transport", self.failure)
             await self.hooks.call("close", self.peer, self.close_details)
 
     async def _read_loop(self) -> None:
@@ -543,9 +548,13 @@ class _Connection(Outbox[Outgoing]):
         self._closing(1013, "send buffer full", 1.0)
 
     def _transport_failed(self, exc: Exception) -> None:
-        """Report a failure that is not a plain disconnect (``OSError``) to the error hook."""
-        if not isinstance(exc, OSError):
-            spawn(self.hooks.failed(self.peer, "transport", exc), what="WebSocket error hook")
+        """Keep a failure that is not a plain disconnect (``OSError``) for the error hook.
+
+        ``run`` reports it once the connection has ended, before ``close``: the
+        writer, the reader or a caller of ``peer.send`` may have seen it.
+        """
+        if not isinstance(exc, OSError) and self.failure is None:
+            self.failure = exc
 
     def _finish(self, code: int, reason: str) -> None:
         """Mark the peer closed and leave every topic and peer list at once."""

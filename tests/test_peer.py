@@ -154,16 +154,19 @@ async def test_close_all_and_server_shutdown_send_1001(live_server: Any) -> None
 
 
 async def test_transport_failure_reaches_error_hook(live_server: Any) -> None:
-    """A send that fails for another reason than a disconnect is reported, once."""
+    """A send that fails for another reason than a disconnect is reported, once, before close."""
     errors: list[BaseException | None] = []
     closes: list[int] = []
+    order: list[str] = []
     done = threading.Event()
 
     def on_error(peer: Peer, error: Exception) -> None:
         errors.append(error.__cause__)
+        order.append("error")
 
     def on_close(peer: Peer, details: CloseDetails) -> None:
         closes.append(details.code)
+        order.append("close")
         done.set()
 
     app = FastAPI()
@@ -199,6 +202,7 @@ async def test_transport_failure_reaches_error_hook(live_server: Any) -> None:
         assert await asyncio.to_thread(done.wait, TIMEOUT)
     assert closes == [1006]
     assert len(errors) == 1 and isinstance(errors[0], RuntimeError)
+    assert order == ["error", "close"]
     assert str(errors[0]) == "transport broke"
 
 
