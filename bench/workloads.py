@@ -154,6 +154,16 @@ def _ws(key: str, label: str, app: str, path: str) -> Variant:
     return Variant(key, label, ServerSpec("python", f"{WS_APPS}:{app}"), path)
 
 
+# h3-fastapi's uvicorn WebSocket protocol (``uvicorn --ws ...``), same loop and parser.
+H3_WS = "h3_fastapi.uvicorn_protocol:WebSocketProtocol"
+
+
+def _ws_h3_protocol(key: str, label: str, app: str, path: str) -> Variant:
+    """``app`` on uvicorn with h3-fastapi's WebSocket protocol instead of websockets-sansio."""
+    spec = ServerSpec("python", f"{WS_APPS}:{app}", stack=("uvloop", "httptools", H3_WS))
+    return Variant(key, label, spec, path)
+
+
 def _ws_metrics(path: str) -> Variant:
     """The h3-fastapi app with metrics enabled (``metrics_app()`` mounted): their cost."""
     spec = ServerSpec("python", f"{WS_APPS}:h3", env=(("H3_BENCH_METRICS", "1"),))
@@ -180,6 +190,8 @@ ECHO = Workload(
         # Issue 13: where a plain ``def`` hook runs (h3-fastapi above is ``async def``).
         _ws("h3-threadpool", "h3-fastapi def hook, threadpool (default)", "h3", "/echo-threadpool"),
         _ws("h3-loop", 'h3-fastapi def hook, sync_hooks="loop"', "h3", "/echo-loop"),
+        _ws_h3_protocol("h3-fastapi-h3ws", "h3-fastapi, h3 uvicorn protocol", "h3", "/echo"),
+        _ws_h3_protocol("starlette-h3ws", "raw Starlette, h3 uvicorn protocol", "starlette", "/echo"),
     ],
     cases=[Case("100 connections", {"connections": 100, "size": 32})],
     targets=[
@@ -299,6 +311,12 @@ BROADCAST = Workload(
         _ws_metrics("/broadcast"),
         _ws("starlette", "Starlette loop over a set", "starlette", "/broadcast"),
         _ws_node("/broadcast"),
+        _ws_h3_protocol(
+            "h3-fastapi-h3ws", "h3-fastapi, h3 uvicorn protocol", "h3", "/broadcast"
+        ),
+        _ws_h3_protocol(
+            "starlette-h3ws", "Starlette loop, h3 uvicorn protocol", "starlette", "/broadcast"
+        ),
     ],
     cases=[
         Case("1000 x 100", {"subscribers": 1000, "messages": 100, "warmup": 10}),

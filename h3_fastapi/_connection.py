@@ -26,6 +26,7 @@ from starlette.types import Receive, Send
 
 from . import _shutdown
 from ._compat import Written, spawn, uncancel
+from ._frames import FRAMES_EXTENSION
 from ._hooks import Hooks, call_in_thread, logger
 from ._ops import ops
 from ._outbox import Outbox
@@ -211,6 +212,7 @@ class _Connection(Outbox[Outgoing]):
 
     _size = operator.attrgetter("size")
     _to_message = operator.attrgetter("message")
+    _to_frame = operator.attrgetter("frame")
 
     __slots__ = (
         "close_details",
@@ -264,6 +266,12 @@ class _Connection(Outbox[Outgoing]):
         # (``Outbox.write``). Only for an ``async def`` send (every server's we
         # know); another awaitable is not stepped by hand.
         self._eager = inspect.iscoroutinefunction(send)
+        # A server that takes encoded frames (h3_fastapi.uvicorn_protocol): a reply or
+        # a publish is written there and then, the publish's frame encoded once.
+        frames = scope.get("extensions", {}).get(FRAMES_EXTENSION)
+        if frames is not None:
+            self._frames = frames["write"]
+            self._frames_batched = frames.get("batch", self._frames)
         self.websocket = websocket
         self.hooks = hooks
         self.in_thread = "message" in hooks.threaded

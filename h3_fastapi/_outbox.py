@@ -82,6 +82,8 @@ class Outbox(Generic[Item]):
     _join: ClassVar[Any] = None
     _size: ClassVar[Any]
     _to_message: ClassVar[Any]
+    # The encoded frame of an item, for a server that takes frames (``_frames``).
+    _to_frame: ClassVar[Any] = None
     _yield_after_write_here: ClassVar[bool] = False
 
     __slots__ = (
@@ -91,6 +93,8 @@ class Outbox(Generic[Item]):
         "_drainers",
         "_eager",
         "_ending",
+        "_frames",
+        "_frames_batched",
         "_hold_wake",
         "_in_flight",
         "_items",
@@ -129,6 +133,13 @@ class Outbox(Generic[Item]):
         # Set by the owner: ``write`` writes at once when idle (``_write_now``); ``send``
         # must then be a coroutine function.
         self._eager = False
+        # Set by the owner when the server writes encoded frames at once (the
+        # ``h3.websocket.frames`` extension): ``write``/``put`` hand it the item's
+        # frame when nothing is queued; ``False`` from it means "queue as usual".
+        self._frames: Callable[[bytes], bool] | None = None
+        # The same for ``put`` (a publish): written at the end of the loop turn, so a
+        # burst of publishes reaches each subscriber in one write.
+        self._frames_batched: Callable[[bytes], bool] | None = None
         self._loop = loop
         self._thread = threading.get_ident() if loop is not None else 0
 
@@ -180,6 +191,11 @@ class Outbox(Generic[Item]):
         if self._thread != _get_ident() and self.hop(self.put, item, size):
             return DONE
         items = self._items
+        frames = self._frames_batched
+        if frames is not None and not (items or self._writing) and frames(self._to_frame(item)):
+            self._queued += 1
+            self._written += 1
+            return DONE
         if items.__class__ is not deque:
             items = self._items = deque()
         items.append(item)
@@ -208,6 +224,11 @@ class Outbox(Generic[Item]):
         if self._thread != _get_ident() and self.hop(self.write, item, size):
             return DONE
         if self._eager and not (self._items or self._writing or self._ending):
+            frames = self._frames
+            if frames is not None and frames(self._to_frame(item)):
+                self._queued += 1
+                self._written += 1
+                return DONE
             return self._write_now(item, size)
         return self.put(item, size)
 

@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Awaitable, Generator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from ._frames import encode_frame
 from ._hooks import logger
 from ._serialize import to_text, to_wire
 from ._sse import format_event
@@ -49,7 +50,7 @@ __all__ = [
 class Outgoing:
     """Data encoded once for every receiver: a WebSocket frame or an SSE ``data``."""
 
-    __slots__ = ("_event", "_message", "data", "id", "size")
+    __slots__ = ("_event", "_frame", "_message", "data", "id", "size")
 
     def __init__(self, data: str | bytes, id: str | None = None) -> None:
         self.data = data
@@ -58,6 +59,7 @@ class Outgoing:
         self.id = id
         self._message: dict[str, Any] | None = None
         self._event: bytes | None = None
+        self._frame: bytes | None = None
 
     @classmethod
     def encode(cls, value: Any) -> Outgoing:
@@ -78,6 +80,14 @@ class Outgoing:
             text = format_event(to_text(self.data), self.id)
             event = self._event = text.encode("utf-8", "replace")
         return event
+
+    @property
+    def frame(self) -> bytes:
+        """The WebSocket frame, encoded once for every peer (``h3.websocket.frames``)."""
+        frame = self._frame
+        if frame is None:
+            frame = self._frame = encode_frame(self.data)
+        return frame
 
     @property
     def message(self) -> dict[str, Any]:

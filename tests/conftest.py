@@ -51,6 +51,8 @@ class LiveServer:
     def __init__(self, app: Any, **options: Any) -> None:
         options.setdefault("log_level", "warning")
         options.setdefault("lifespan", "on")
+        if os.environ.get("H3_TEST_WS"):  # run the suite on another WebSocket protocol
+            options.setdefault("ws", os.environ["H3_TEST_WS"])
         self.config = uvicorn.Config(app, host="127.0.0.1", port=0, **options)
         self.server = _ThreadServer(self.config)
         self.loop: asyncio.AbstractEventLoop | None = None
