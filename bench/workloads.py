@@ -191,7 +191,9 @@ ECHO = Workload(
         _ws("h3-threadpool", "h3-fastapi def hook, threadpool (default)", "h3", "/echo-threadpool"),
         _ws("h3-loop", 'h3-fastapi def hook, sync_hooks="loop"', "h3", "/echo-loop"),
         _ws_h3_protocol("h3-fastapi-h3ws", "h3-fastapi, h3 uvicorn protocol", "h3", "/echo"),
-        _ws_h3_protocol("starlette-h3ws", "raw Starlette, h3 uvicorn protocol", "starlette", "/echo"),
+        _ws_h3_protocol(
+            "starlette-h3ws", "raw Starlette, h3 uvicorn protocol", "starlette", "/echo"
+        ),
     ],
     cases=[Case("100 connections", {"connections": 100, "size": 32})],
     targets=[
@@ -214,6 +216,21 @@ ECHO = Workload(
             "h3-starlette",
             "starlette",
             0.95,
+        ),
+        # On the fastest server (h3-fastapi's uvicorn protocol, serve()'s default).
+        Target(
+            "echo, h3 protocol >= 0.8x h3 on Node",
+            "100 connections",
+            "h3-fastapi-h3ws",
+            "node-h3",
+            0.8,
+        ),
+        Target(
+            "echo, h3 protocol >= 1.0x raw Starlette on it",
+            "100 connections",
+            "h3-fastapi-h3ws",
+            "starlette-h3ws",
+            1.0,
         ),
         Target(
             "echo, def hook in the threadpool >= 0.7x async def hook",
@@ -311,9 +328,7 @@ BROADCAST = Workload(
         _ws_metrics("/broadcast"),
         _ws("starlette", "Starlette loop over a set", "starlette", "/broadcast"),
         _ws_node("/broadcast"),
-        _ws_h3_protocol(
-            "h3-fastapi-h3ws", "h3-fastapi, h3 uvicorn protocol", "h3", "/broadcast"
-        ),
+        _ws_h3_protocol("h3-fastapi-h3ws", "h3-fastapi, h3 uvicorn protocol", "h3", "/broadcast"),
         _ws_h3_protocol(
             "starlette-h3ws", "Starlette loop, h3 uvicorn protocol", "starlette", "/broadcast"
         ),
@@ -325,6 +340,13 @@ BROADCAST = Workload(
             {"subscribers": 10000, "messages": 20, "warmup": 3},
             {"subscribers": 3000},
         ),
+        # One publish at a time: the next once every subscriber has the last, so
+        # nothing can be batched per subscriber (the bursts above can).
+        Case(
+            "1000 x 100 paced",
+            {"subscribers": 1000, "messages": 100, "warmup": 10, "paced": True},
+            {"messages": 50},
+        ),
     ],
     targets=[
         Target(
@@ -333,6 +355,29 @@ BROADCAST = Workload(
         # Issue 19: ahead of h3 on Node, at 1,000 and at 10,000 subscribers.
         Target("broadcast (1,000) >= 1.2x h3 on Node", "1000 x 100", "h3-fastapi", "node-h3", 1.2),
         Target("broadcast (10,000) >= 1.2x h3 on Node", "10000 x 20", "h3-fastapi", "node-h3", 1.2),
+        # On h3-fastapi's uvicorn protocol: a publish's frame encoded once, batched per
+        # subscriber; "paced" leaves nothing to batch.
+        Target(
+            "broadcast (1,000), h3 protocol >= 1.2x h3 on Node",
+            "1000 x 100",
+            "h3-fastapi-h3ws",
+            "node-h3",
+            1.2,
+        ),
+        Target(
+            "broadcast (10,000), h3 protocol >= 1.2x h3 on Node",
+            "10000 x 20",
+            "h3-fastapi-h3ws",
+            "node-h3",
+            1.2,
+        ),
+        Target(
+            "broadcast paced, h3 protocol >= 1.0x h3 on Node",
+            "1000 x 100 paced",
+            "h3-fastapi-h3ws",
+            "node-h3",
+            1.0,
+        ),
         Target(
             "broadcast, metrics on >= 0.95x metrics off",
             "1000 x 100",
@@ -702,6 +747,10 @@ MEMORY = Workload(
         _ws("h3-starlette", "h3-fastapi handler on a Starlette app", "h3_starlette", "/echo"),
         _ws("starlette", "raw Starlette", "starlette", "/echo"),
         _ws("fastapi", "FastAPI @app.websocket", "fastapi", "/echo"),
+        _ws_h3_protocol("h3-fastapi-h3ws", "h3-fastapi, h3 uvicorn protocol", "h3", "/echo"),
+        _ws_h3_protocol(
+            "fastapi-h3ws", "FastAPI @app.websocket, h3 uvicorn protocol", "fastapi", "/echo"
+        ),
         # No Node anchor here: 10,000 handshakes per run cost ~15 s, and the
         # target compares with raw Starlette.
     ],
@@ -731,6 +780,15 @@ MEMORY = Workload(
             "10000 idle",
             "h3-fastapi",
             "fastapi",
+            0.0,
+            op="<=",
+            kind="difference",
+        ),
+        Target(
+            "idle peer, h3 protocol <= FastAPI @app.websocket on it",
+            "10000 idle",
+            "h3-fastapi-h3ws",
+            "fastapi-h3ws",
             0.0,
             op="<=",
             kind="difference",
@@ -992,6 +1050,14 @@ SERVERS = Workload(
     unit="messages, deliveries or events/s",
     higher_is_better=True,
     variants=[
+        _server(
+            "uvicorn-h3-uvloop",
+            "uvicorn + h3-fastapi's WebSocket protocol, uvloop + httptools (serve()'s default)",
+            "uvicorn",
+            "uvloop",
+            "httptools",
+            H3_WS,
+        ),
         _server(
             "uvicorn-sansio-uvloop",
             "uvicorn websockets-sansio, uvloop + httptools",

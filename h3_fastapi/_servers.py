@@ -35,6 +35,9 @@ from ._shutdown import notify_server_exit
 
 __all__ = ["SERVERS", "Backend", "make_backend"]
 
+# serve()'s uvicorn WebSocket protocol, imported by uvicorn when it starts.
+UVICORN_WS = "h3_fastapi.uvicorn_protocol:WebSocketProtocol"
+
 # server name -> the package it needs (and the pip name to install).
 SERVERS = {"uvicorn": "uvicorn", "hypercorn": "hypercorn"}
 
@@ -154,6 +157,11 @@ class _Uvicorn(Backend):
 
     def __init__(self, app: Any, host: str, port: int, options: dict[str, Any]) -> None:
         super().__init__(app, host, port, options)
+        # h3-fastapi's WebSocket protocol (uvicorn's websockets-sansio with a short
+        # frame path, uvicorn_protocol.py) and no permessage-deflate unless asked
+        # for, as h3 on Node (crossws over ws) does: compressed connections take
+        # the long path, and browsers always offer it.
+        options = {"ws": UVICORN_WS, "ws_per_message_deflate": False, **options}
         self.config = uvicorn.Config(app, host=host, port=port, **options)
         self.server = _UvicornServer(self.config, self.started)
 

@@ -16,7 +16,9 @@
 #              code, not of this library;
 #   12.*, 13.* permessage-deflate: uvicorn's ASGI servers negotiate it
 #              themselves (or not), the app never sees it; ~15 minutes.
-# Env: AUTOBAHN_WS="websockets-sansio wsproto websockets" (uvicorn --ws values),
+# "h3" is h3_fastapi.uvicorn_protocol:WebSocketProtocol (serve()'s default), whose
+# results the test also compares with websockets-sansio's, case by case.
+# Env: AUTOBAHN_WS="websockets-sansio wsproto websockets h3" (uvicorn --ws values),
 #      AUTOBAHN_CASES='["*"]' (JSON list), AUTOBAHN_EXCLUDE='["9.*","12.*","13.*"]'.
 set -euo pipefail
 
@@ -24,7 +26,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 AUTOBAHN_VERSION="${AUTOBAHN_VERSION:-25.10.1}"
-WS_IMPLS="${AUTOBAHN_WS:-websockets-sansio wsproto websockets}"
+WS_IMPLS="${AUTOBAHN_WS:-websockets-sansio wsproto websockets h3}"
 CASES="${AUTOBAHN_CASES:-[\"*\"]}"
 EXCLUDE="${AUTOBAHN_EXCLUDE:-[\"9.*\", \"12.*\", \"13.*\"]}"
 OUT="${AUTOBAHN_OUT:-$ROOT/.venv/autobahn-reports}"
@@ -96,8 +98,12 @@ for ws in $WS_IMPLS; do
   port="$(free_port)"
   dir="$OUT/$ws"
   mkdir -p "$dir"
+  ws_arg="$ws"
+  if [ "$ws" = "h3" ]; then
+    ws_arg="h3_fastapi.uvicorn_protocol:WebSocketProtocol"
+  fi
   PYTHONPATH="$ROOT" "$PY3" -m uvicorn tests.apps.autobahn_app:app --host 127.0.0.1 \
-    --port "$port" --ws "$ws" --log-level critical >"$dir/server.log" 2>&1 &
+    --port "$port" --ws "$ws_arg" --log-level critical >"$dir/server.log" 2>&1 &
   pids+=("$!")
   wait_port "$port"
   cat >"$dir/spec.json" <<JSON

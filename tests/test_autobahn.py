@@ -1,9 +1,10 @@
 """Autobahn|Testsuite: our echo is never worse than raw Starlette's, case by case.
 
 Runs ``scripts/autobahn.sh`` (wstest fuzzing client, Python 2.7) against
-``tests/apps/autobahn_app.py`` on uvicorn with websockets-sansio, wsproto and
-websockets. The comparison logic is checked on its own first, so a broken
-comparison cannot make the suite pass.
+``tests/apps/autobahn_app.py`` on uvicorn with websockets-sansio, wsproto,
+websockets and h3-fastapi's own protocol (``h3_fastapi.uvicorn_protocol``).
+The comparison logic is checked on its own first, so a broken comparison
+cannot make the suite pass.
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ def test_autobahn_h3_never_worse_than_starlette(tmp_path: Path) -> None:
     if proc.returncode != 0:
         pytest.fail(f"autobahn.sh exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"websockets-sansio", "wsproto", "websockets"}
+    # "h3": h3_fastapi.uvicorn_protocol, the short frame path on uvicorn's protocol.
+    assert set(summary) == {"websockets-sansio", "wsproto", "websockets", "h3"}
     for ws, result in summary.items():
         assert result["cases"] >= 240, (ws, result["cases"])
         assert result["worse"] == [], (ws, result["worse"])

@@ -27,7 +27,8 @@ from tests.wire import frame, handshake, server_close_code
 
 TIMEOUT = 5
 pytestmark = pytest.mark.filterwarnings("ignore:The `websockets` implementation is deprecated")
-WS_IMPLS = ["websockets-sansio", "wsproto", "websockets"]
+H3_WS = "h3_fastapi.uvicorn_protocol:WebSocketProtocol"
+WS_IMPLS = ["websockets-sansio", "wsproto", "websockets", H3_WS]
 
 
 def recording_handler(rec: Recorder, **options: Any) -> Any:
@@ -282,8 +283,13 @@ async def test_star_allows_any_origin(live_server: Any) -> None:
 # code the client gets (None: TCP dropped without a close frame; uvicorn's
 # wsproto server does that) and the code it hands the app, which is what the
 # close hook sees (uvicorn's legacy websockets server always says 1006).
-CLIENT_SEES_CLOSE_FRAME = {"websockets-sansio": True, "websockets": True, "wsproto": False}
-APP_SEES = {"websockets-sansio": None, "wsproto": None, "websockets": 1006}
+CLIENT_SEES_CLOSE_FRAME = {
+    "websockets-sansio": True,
+    "websockets": True,
+    "wsproto": False,
+    H3_WS: True,
+}
+APP_SEES = {"websockets-sansio": None, "wsproto": None, "websockets": 1006, H3_WS: None}
 
 
 @pytest.mark.parametrize("ws_impl", WS_IMPLS)

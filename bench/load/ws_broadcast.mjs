@@ -1,11 +1,20 @@
 // Broadcast: S subscribers on URL, one publisher on URL?pub=1 sends M
 // messages back to back; the server relays each to every subscriber. The
 // window runs from the first send until every subscriber has all M
-// messages. Usage: node ws_broadcast.mjs '{"url": "ws://.../broadcast"}'
+// messages. With "paced": true the publisher sends each message only once every
+// subscriber has the one before (no burst for a server to batch).
+// Usage: node ws_broadcast.mjs '{"url": "ws://.../broadcast"}'
 import { closeAll, emit, fail, sleep, start, window, WebSocket } from "./common.mjs";
 import { openReceivers } from "./ws_frames.mjs";
 
-const args = start({ url: "", subscribers: 1000, messages: 100, warmup: 10, timeout: 120 });
+const args = start({
+  url: "",
+  subscribers: 1000,
+  messages: 100,
+  warmup: 10,
+  timeout: 120,
+  paced: false,
+});
 const filler = "b".repeat(48);
 let phase = "w";
 let expected = 0;
@@ -45,9 +54,25 @@ async function burst(tag, count, timeoutMs) {
   }
 }
 
-await burst("w", args.warmup, 30000);
+async function paced(tag, count, timeoutMs) {
+  phase = tag;
+  got.fill(0);
+  const deadline = Date.now() + timeoutMs;
+  for (let i = 0; i < count; i++) {
+    expected = i + 1;
+    complete = 0;
+    const done = new Promise((resolve) => (onComplete = resolve));
+    publisher.send(`${tag}${i}:${filler}`);
+    const left = Math.max(0, deadline - Date.now());
+    const ok = await Promise.race([done.then(() => true), sleep(left).then(() => false)]);
+    if (!ok) fail(`paced ${tag}: message ${i} not delivered to every subscriber in time`);
+  }
+}
+
+const send = args.paced ? paced : burst;
+await send("w", args.warmup, 30000);
 const measured = window();
-await burst("m", args.messages, (args.timeout - 10) * 1000);
+await send("m", args.messages, (args.timeout - 10) * 1000);
 const stats = measured.stop();
 const deliveries = args.messages * args.subscribers;
 receivers.close();
@@ -61,6 +86,7 @@ emit({
     out_of_order: outOfOrder,
     subscribers: args.subscribers,
     messages: args.messages,
+    paced: args.paced,
   },
 });
 process.exit(0);
