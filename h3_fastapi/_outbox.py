@@ -260,7 +260,50 @@ class Outbox(Generic[Item]):
     def _deferred_wake(self) -> None:
         self._wake_scheduled = False
         if self._items and not self._writing:
+            if self._eager:
+                self._write_queued()
+            else:
+                self.wake_writer()
+
+    def _write_queued(self) -> None:
+        """Write the queue here, at the end of the turn that filled it, without the writer task.
+
+        As ``_write_now`` for each item in order: the server's ``send`` is stepped,
+        not awaited, so a publish reaches an idle peer without waking its task.
+        A send that must wait (flow control) is left at the head of the queue
+        for the writer task, as is a send that failed, for the owner to see.
+        Only for ``_eager`` owners: one ASGI message per item (no ``_join``).
+        """
+        items: deque[Any] = self._items  # type: ignore[assignment]
+        size = self._size
+        to_message = self._to_message
+        send = self.send
+        while items:
+            item = items[0]
+            if item.__class__ is _Rest:
+                break
+            coro = send(to_message(item))
+            try:
+                yielded = coro.send(None)  # type: ignore[attr-defined]
+            except StopIteration:
+                items.popleft()
+                self._buffered -= size(item)
+                self._written += 1
+                continue
+            except Exception as exc:
+                items.popleft()
+                self._written += 1
+                self._write_failed(exc)
+                return
+            items.popleft()
+            items.appendleft(_Rest(_resume(coro, yielded), size(item)))
+            break
+        if self._waiters or self._drainers:
+            self._release()
+        if self._ending or items:
             self.wake_writer()
+        elif self._drain_armed:
+            self._drained()
 
     def wake_writer(self) -> None:
         """Let the parked writer look at the queue (and the owner's state) again."""

@@ -50,7 +50,20 @@ _HEAD, _FRAMES, _UVICORN = 0, 1, 2
 
 
 class WebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's websockets-sansio protocol, with the short frame path above."""
+    """uvicorn's ``websockets-sansio`` WebSocket protocol with a short path for plain frames.
+
+    Pass it to uvicorn as ``ws`` (``uvicorn.run(..., ws=WebSocketProtocol)`` or
+    ``--ws h3_fastapi.uvicorn_protocol:WebSocketProtocol``); ``serve()`` does.
+    Whole text and binary frames are unmasked and framed here; everything
+    else (handshake, control and fragmented frames, errors, close) is
+    uvicorn's and websockets' code, unchanged. Connections that negotiated
+    permessage-deflate take uvicorn's path for every frame they send.
+
+    Offers the ``h3.websocket.frames`` ASGI extension: ``write(frame)`` and
+    ``batch(frame)`` (written at the end of the loop turn, one write per
+    connection) take an encoded frame and return ``False`` when the ASGI
+    ``send`` must be used instead.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -93,6 +93,40 @@ async def test_close_ends_an_open_stream_and_a_peer(server: Server) -> None:
             await asyncio.wait_for(ws.recv(), TIMEOUT)
 
 
+async def _extensions_app(scope: Any, receive: Any, send: Any) -> None:
+    """Answers a WebSocket with the ASGI extensions its server offered."""
+    if scope["type"] != "websocket":
+        return
+    await receive()
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.send", "text": " ".join(sorted(scope["extensions"]))})
+    while (await receive())["type"] != "websocket.disconnect":
+        pass
+
+
+@pytest.mark.parametrize(
+    ("options", "frames", "deflate"),
+    [
+        ({}, True, False),  # serve()'s default: h3-fastapi's protocol, no compression
+        ({"ws_per_message_deflate": True}, True, True),
+        ({"ws": "websockets-sansio"}, False, False),  # uvicorn's own protocol, if asked
+    ],
+)
+async def test_uvicorn_runs_h3_fastapis_websocket_protocol(
+    options: dict[str, Any], frames: bool, deflate: bool
+) -> None:
+    handle = await serve(_extensions_app, port=0, log_level="warning", **options).ready()
+    try:
+        # The client offers permessage-deflate (websockets does by default).
+        async with websockets.connect(ws_url(handle, "")) as ws:
+            offered = (await asyncio.wait_for(ws.recv(), TIMEOUT)).split()
+            negotiated = bool(ws.protocol.extensions)
+    finally:
+        await asyncio.wait_for(handle.close(), 15)
+    assert ("h3.websocket.frames" in offered) is frames
+    assert negotiated is deflate
+
+
 @pytest.mark.parametrize("name", SERVERS)
 async def test_a_closed_server_starts_again(name: str) -> None:
     need(importlib.util.find_spec(name) is not None, f"{name} is not installed")
@@ -187,3 +221,26 @@ async def test_the_granian_recipe_serves_the_example() -> None:
         assert response.text.count("data: ") == 2
         assert response.headers.get_list("server") == ["granian"]
         assert len(response.headers.get_list("date")) == 1
+
+
+@pytest.mark.matrix
+async def test_the_uvicorn_recipe_serves_the_example_on_h3_fastapis_protocol() -> None:
+    """docs/servers.md's uvicorn command with ``--ws h3_fastapi.uvicorn_protocol:...``."""
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "servers:app",
+               "--ws", "h3_fastapi.uvicorn_protocol:WebSocketProtocol",
+               "--ws-per-message-deflate", "false", "--ws-max-size", str(LIMIT),
+               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    cwd, env = ROOT / "docs" / "examples", {"PYTHONPATH": str(ROOT)}
+    with ChildProcess(command, cwd=cwd, env=env, name="uvicorn") as child:
+        child.wait_port(port, timeout=30)
+        url = f"ws://127.0.0.1:{port}/echo"
+        async with websockets.connect(url, max_size=None) as ws:
+            assert not ws.protocol.extensions  # no permessage-deflate: the short path
+            for text in ("hello", "ünïcödé", "x" * 10_000):
+                await ws.send(text)
+                assert await asyncio.wait_for(ws.recv(), TIMEOUT) == text
+            await ws.send("x" * (LIMIT + 1))  # refused by the server while it arrives
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), TIMEOUT)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
