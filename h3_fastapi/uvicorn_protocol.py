@@ -29,6 +29,7 @@ Any ASGI app can use it; only h3-fastapi uses the extension.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -291,7 +292,10 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 BATCH_LIMIT = 65536
 
 # Per event loop: the connections with a batch to write at the end of this turn.
-_BATCHED: dict[asyncio.AbstractEventLoop, list[WebSocketProtocol]] = {}
+# Weak keys: a loop closed before its last turn ran does not stay here.
+_BATCHED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[WebSocketProtocol]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _write_batches(loop: asyncio.AbstractEventLoop) -> None:
