@@ -167,8 +167,11 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
                             return
                     else:
                         event = {"type": "websocket.receive", "bytes": payload}
-                    self.queue.put_nowait(event)
-                    if not self.read_paused:
+                    queue = self.queue
+                    queue.put_nowait(event)
+                    if not self.read_paused and (
+                        length > PAUSE_SIZE or queue.qsize() >= PAUSE_MESSAGES
+                    ):
                         self.read_paused = True
                         self.transport.pause_reading()
             else:
@@ -287,6 +290,12 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         self._write_batch()
         super().keepalive_timeout()
 
+
+# Reading pauses once this many messages wait for the app, or at once after a
+# message over PAUSE_SIZE bytes (at most ~1 MiB queued per connection); uvicorn
+# pauses after every message, and a pause and resume cost system calls per message.
+PAUSE_MESSAGES = 16
+PAUSE_SIZE = 65536
 
 # Bytes a connection batches in one loop turn before they are written at once.
 BATCH_LIMIT = 65536

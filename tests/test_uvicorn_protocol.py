@@ -24,7 +24,12 @@ from websockets.asyncio.client import connect
 
 from h3_fastapi import Message, Peer, define_websocket_handler
 from h3_fastapi._frames import FRAMES_EXTENSION, encode_frame
-from h3_fastapi.uvicorn_protocol import BATCH_LIMIT, WebSocketProtocol
+from h3_fastapi.uvicorn_protocol import (
+    BATCH_LIMIT,
+    PAUSE_MESSAGES,
+    PAUSE_SIZE,
+    WebSocketProtocol,
+)
 from tests.apps.autobahn_app import app as echo_app
 from tests.wire import frame, handshake
 
@@ -297,6 +302,35 @@ async def test_frames_are_refused_under_flow_control_and_after_close() -> None:
     assert frames["write"](encode_frame("z")) is False
     await _turn()
     assert transport.writes == []  # the batch of a connection that is gone is dropped
+    await _shut(protocol)
+
+
+async def _accept_then_wait(scope: Any, receive: Any, send: Any) -> None:
+    """Accepts, then reads nothing until told to (``scope["state"]["read"]``)."""
+    await receive()
+    await send({"type": "websocket.accept"})
+    read = scope["state"]["read"] = asyncio.Event()
+    await read.wait()
+    while (await receive())["type"] != "websocket.disconnect":
+        pass
+
+
+async def test_reading_pauses_once_messages_pile_up_not_after_each() -> None:
+    protocol, transport = await _open_protocol(_accept_then_wait)
+    small = frame(0x1, b"m")
+    protocol.data_received(small * (PAUSE_MESSAGES - 1))
+    assert transport.reading  # uvicorn's own protocol pauses after the first
+    protocol.data_received(small)
+    assert not transport.reading
+    assert protocol.queue.qsize() == PAUSE_MESSAGES
+    protocol.scope["state"]["read"].set()  # the app reads them all: reading resumes
+    for _ in range(100):
+        if transport.reading:
+            break
+        await asyncio.sleep(0)
+    assert transport.reading and protocol.queue.empty()
+    protocol.data_received(frame(0x2, b"x" * (PAUSE_SIZE + 1)))  # a big one: at once
+    assert not transport.reading
     await _shut(protocol)
 
 
