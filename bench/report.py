@@ -171,6 +171,12 @@ def markdown(data: dict[str, Any]) -> str:
     ]
     if meta.get("h3_changed_during_run"):
         lines += ["**h3_fastapi changed during this run: its numbers mix two versions.**", ""]
+    for rerun in meta.get("reruns", ()):  # python -m bench.merge
+        lines += [
+            f"Measured again {rerun['finished']} and merged in (`python -m bench.merge`),"
+            f" h3_fastapi as of `{rerun['h3_commit']}`: {', '.join(rerun['workloads'])}.",
+            "",
+        ]
     lines += [
         "| Target | Measured | Result | Same ratio per server CPU-second |",
         "|---|---|---|---|",

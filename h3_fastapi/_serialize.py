@@ -74,7 +74,14 @@ def to_wire(data: Any) -> str | bytes:
         return str(data)
     # Looked up on the type: on a Pydantic model an unknown instance attribute
     # goes through BaseModel.__getattr__ and raises (~3 µs per send).
-    text = getattr(type(data), "_h3_text", None)  # Message
+    kind = type(data)
+    serializer = getattr(kind, "__pydantic_serializer__", None)
+    if serializer is not None:  # a Pydantic model: its own serializer, no type inference
+        try:
+            return serializer.to_json(data, by_alias=True).decode("utf-8")  # type: ignore[no-any-return]
+        except (PydanticSerializationError, ValueError, RecursionError):
+            pass
+    text = getattr(kind, "_h3_text", None)  # Message
     if text is not None:
         return str(text(data))
     return to_json_text(data)

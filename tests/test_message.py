@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 from h3_fastapi import Message
 from h3_fastapi._serialize import to_text, to_wire
@@ -91,6 +92,38 @@ def test_serialisation_rules(value: object, expected: str | bytes) -> None:
     wire = to_wire(value)
     assert wire == expected
     assert type(wire) is type(expected)
+
+
+class _Opaque:
+    def __str__(self) -> str:
+        return "opaque"
+
+
+class Rich(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
+
+    when: datetime.datetime
+    user_name: str = Field(alias="userName")
+    secret: str = Field(exclude=True)
+
+    @field_serializer("when")
+    def _iso_date(self, value: datetime.datetime) -> str:
+        return value.date().isoformat()
+
+
+class WithOpaque(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    thing: _Opaque
+
+
+def test_a_model_is_sent_as_its_own_json_by_alias() -> None:
+    rich = Rich(when=datetime.datetime(2026, 11, 30, 12), userName="ada", secret="s")
+    assert to_wire(rich) == '{"when":"2026-11-30","userName":"ada"}'
+    assert to_wire(rich) == rich.model_dump_json(by_alias=True)
+    # A field its serializer cannot encode: the generic encoder's fallback, as before.
+    assert to_wire(WithOpaque(thing=_Opaque())) == '{"thing":"opaque"}'
+    assert to_wire([rich]) == '[{"when":"2026-11-30","userName":"ada"}]'
 
 
 def test_outgoing_is_encoded_once_and_shared() -> None:
