@@ -268,7 +268,7 @@ class _Connection(Outbox[Outgoing]):
         self._eager = inspect.iscoroutinefunction(send)
         # A server that takes encoded frames (h3_fastapi.uvicorn_protocol): a reply or
         # a publish is written there and then, the publish's frame encoded once.
-        frames = scope.get("extensions", {}).get(FRAMES_EXTENSION)
+        frames = (scope.get("extensions") or {}).get(FRAMES_EXTENSION)
         if frames is not None:
             self._frames = frames["write"]
             self._frames_batched = frames.get("batch", self._frames)

@@ -134,16 +134,10 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             second = data[pos + 1]
             length = second & 0x7F
             start = pos + 2
-            if length == 126:
-                start = pos + 4
+            if length >= 126:  # the length follows in 2 (126) or 8 (127) bytes
+                start += 2 if length == 126 else 8
                 if size < start:
-                    need = 4
-                    break
-                length = int.from_bytes(data[pos + 2 : start], "big")
-            elif length == 127:
-                start = pos + 10
-                if size < start:
-                    need = 10
+                    need = start - pos
                     break
                 length = int.from_bytes(data[pos + 2 : start], "big")
             if length > self._max_size:
@@ -199,12 +193,9 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 
     # --- send --------------------------------------------------------------------
 
-    def write_frame(self, frame: bytes) -> bool:
-        """Write an encoded frame now if the connection can take it; else ``False``.
-
-        Frames batched earlier (``batch_frame``) go out first, in the same write.
-        """
-        if (
+    def _takes_frames(self) -> bool:
+        """Open, accepted, not closing, no extension, and the transport not paused."""
+        return (
             self._plain
             and self.handshake_complete
             and self.writable.is_set()
@@ -212,7 +203,14 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             and self.initial_response is None
             and not self.disconnected
             and self.conn.state is _OPEN
-        ):
+        )
+
+    def write_frame(self, frame: bytes) -> bool:
+        """Write an encoded frame now if the connection can take it; else ``False``.
+
+        Frames batched earlier (``batch_frame``) go out first, in the same write.
+        """
+        if self._takes_frames():
             batch = self._batch
             if batch:
                 batch.append(frame)
@@ -230,15 +228,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         of one system call per frame. Over ``BATCH_LIMIT`` bytes the batch is
         written at once, so the transport's flow control still sees the bytes.
         """
-        if (
-            self._plain
-            and self.handshake_complete
-            and self.writable.is_set()
-            and not self.close_sent
-            and self.initial_response is None
-            and not self.disconnected
-            and self.conn.state is _OPEN
-        ):
+        if self._takes_frames():
             batch = self._batch
             if batch is None:
                 self._batch = [frame]

@@ -31,7 +31,7 @@ from h3_fastapi.uvicorn_protocol import (
     WebSocketProtocol,
 )
 from tests.apps.autobahn_app import app as echo_app
-from tests.wire import frame, handshake
+from tests.wire import frame, handshake, server_frames
 
 H3_WS = "h3_fastapi.uvicorn_protocol:WebSocketProtocol"
 TIMEOUT = 5
@@ -43,27 +43,11 @@ END = (0x81, b"END")
 def _server_frames(sock: socket.socket, data: bytes) -> list[tuple[int, bytes]]:
     """Every frame the server sends until its close frame, the echo of ``END``, or EOF."""
     frames: list[tuple[int, bytes]] = []
-    while True:
-        while len(data) >= 2:
-            first, n = data[0], data[1] & 0x7F
-            offset = 2
-            if n == 126:
-                n, offset = struct.unpack("!H", data[2:4])[0], 4
-            elif n == 127:
-                n, offset = struct.unpack("!Q", data[2:10])[0], 10
-            if len(data) < offset + n:
-                break
-            frames.append((first, data[offset : offset + n]))
-            data = data[offset + n :]
-            if first & 0x0F == 0x8 or frames[-1] == END:
-                return frames
-        try:
-            chunk = sock.recv(65536)
-        except (TimeoutError, ConnectionResetError):
-            return frames
-        if not chunk:
-            return frames
-        data += chunk
+    for first, payload in server_frames(sock, data):
+        frames.append((first, payload))
+        if first & 0x0F == 0x8 or frames[-1] == END:
+            break
+    return frames
 
 
 def _exchange(port: int, path: str, chunks: list[bytes]) -> list[tuple[int, bytes]]:

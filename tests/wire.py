@@ -9,8 +9,9 @@ import base64
 import os
 import socket
 import struct
+from collections.abc import Iterator
 
-__all__ = ["frame", "handshake", "server_close_code"]
+__all__ = ["frame", "handshake", "server_close_code", "server_frames"]
 
 TIMEOUT = 5
 
@@ -57,12 +58,15 @@ def handshake(
     return sock, rest
 
 
-def server_close_code(sock: socket.socket, buffered: bytes) -> int | None:
-    """Read frames until the server's close frame; its code (None if dropped without one)."""
+def server_frames(sock: socket.socket, buffered: bytes) -> Iterator[tuple[int, bytes]]:
+    """The server's frames as ``(first byte, payload)``, until the stream ends.
+
+    A reset or (with a socket timeout) a silent server also ends it.
+    """
     data = buffered
     while True:
         while len(data) >= 2:
-            opcode, n = data[0] & 0x0F, data[1] & 0x7F
+            n = data[1] & 0x7F
             offset = 2
             if n == 126:
                 n, offset = struct.unpack("!H", data[2:4])[0], 4
@@ -70,13 +74,20 @@ def server_close_code(sock: socket.socket, buffered: bytes) -> int | None:
                 n, offset = struct.unpack("!Q", data[2:10])[0], 10
             if len(data) < offset + n:
                 break
-            payload, data = data[offset : offset + n], data[offset + n :]
-            if opcode == 0x8:
-                return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+            yield data[0], data[offset : offset + n]
+            data = data[offset + n :]
         try:
             chunk = sock.recv(65536)
-        except ConnectionResetError:
-            return None
+        except (TimeoutError, ConnectionResetError):
+            return
         if not chunk:
-            return None
+            return
         data += chunk
+
+
+def server_close_code(sock: socket.socket, buffered: bytes) -> int | None:
+    """Read frames until the server's close frame; its code (None if dropped without one)."""
+    for first, payload in server_frames(sock, buffered):
+        if first & 0x0F == 0x8:
+            return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+    return None
