@@ -348,16 +348,31 @@ class MemoryPubSub:
         subscribers = self.topics.get(topic)
         if not subscribers:
             return
+        # tuple() copies under the GIL, so a publish from another thread never
+        # sees the dict change size mid-iteration. The copy is taken now: the
+        # subscribers are those of the moment of the publish, also when delivery
+        # hops onto the loop below (a peer that subscribes in between, in another
+        # hook's thread, must not get a message published before it subscribed,
+        # ahead of what it sent itself before subscribing).
+        receivers = tuple(subscribers)
         loop = hook_thread_loop()
         if loop is not None and not self.history:
             # Called from a ``def`` hook's thread: one hop onto the loop for all the
             # subscribers, not one each (1,000 peers: 1,000 ``call_soon_threadsafe``).
             # With history the caller holds the history lock across delivery: no hop.
-            loop.call_soon_threadsafe(self.deliver_local, topic, outgoing, namespace, exclude)
+            loop.call_soon_threadsafe(self._deliver, receivers, topic, outgoing, namespace, exclude)
             return
-        # tuple() copies under the GIL, so a publish from another thread never
-        # sees the dict change size mid-iteration.
-        for subscriber in tuple(subscribers):
+        self._deliver(receivers, topic, outgoing, namespace, exclude)
+
+    @staticmethod
+    def _deliver(
+        receivers: tuple[Subscriber, ...],
+        topic: str,
+        outgoing: Outgoing,
+        namespace: str | None,
+        exclude: Subscriber | None,
+    ) -> None:
+        for subscriber in receivers:
             if subscriber is exclude:
                 continue
             if namespace is not None:

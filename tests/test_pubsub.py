@@ -45,6 +45,35 @@ def test_publish_reaches_subscribers_once_encoded_once() -> None:
     assert a.data[-1] == b"\x00\x01" and a.got[-1].is_binary
 
 
+async def test_a_publish_from_a_hook_thread_reaches_only_who_was_subscribed_then() -> None:
+    """From a ``def`` hook's thread delivery hops onto the loop; the subscribers are
+    those at the publish, not those when the hop runs (a peer subscribing in between
+    from another hook's thread got the message ahead of its own welcome: CI, 3.13)."""
+    from h3_fastapi import _threadpool
+
+    pubsub = MemoryPubSub()
+    early, late = Recorder("/ws"), Recorder("/ws")
+    pubsub.subscribe("t", early)
+    loop = asyncio.get_running_loop()
+
+    def hook() -> None:  # as a ``def`` hook runs: in a worker, its loop known
+        _threadpool._current.loop = loop
+        try:
+            pubsub.publish("t", "before late subscribed")
+        finally:
+            _threadpool._current.loop = None
+
+    thread = threading.Thread(target=hook)
+    thread.start()
+    thread.join()
+    pubsub.subscribe("t", late)  # before the hop's callback has run
+    ran = loop.create_future()
+    loop.call_soon(ran.set_result, None)  # queued after the hop: runs once it has
+    await asyncio.wait_for(ran, 5)
+    assert early.data == ["before late subscribed"]
+    assert late.data == []
+
+
 def test_namespace_and_exclude() -> None:
     pubsub = MemoryPubSub()
     sender, same, other_ns, stream = Recorder("/a"), Recorder("/a"), Recorder("/b"), Recorder()
